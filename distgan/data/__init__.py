@@ -1,0 +1,89 @@
+"""Datasets: what the data is (`inspect`, on the driver, before Ray), and batches of it (`batches`, in a worker).
+
+Built-ins live in memory of each worker (mixtures are drawn fresh; digits are sharded by rank).
+User data goes through Ray Data: the driver builds and materializes the pipeline, Ray Train
+shards it across workers (`get_dataset_shard`), and the worker iterates its shard in epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from distgan.config import DataSpec
+from distgan.data import builtin, files
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    name: str
+    kind: Literal["mixture", "image", "vector"]
+    sample_shape: tuple[int, ...]  # (2,) for mixtures, (dim,) for vectors, (C, H, W) for images
+    num_rows: int | None  # None: drawn fresh, unlimited
+
+    @property
+    def uses_ray_data(self) -> bool:
+        return self.name in ("parquet", "imagefolder")
+
+
+def inspect(spec: DataSpec) -> DataInfo:
+    """Check the data and describe it, without Ray; InputError names what is wrong."""
+    if spec.name in ("ring8", "grid25"):
+        return DataInfo(spec.name, "mixture", (2,), None)
+    if spec.name == "digits":
+        return DataInfo("digits", "image", (1, 8, 8), 1797)
+    if spec.name == "parquet":
+        kind, shape, rows = files.inspect_parquet(spec.path, spec.column)
+        return DataInfo("parquet", kind, shape, rows)
+    shape, rows = files.inspect_image_folder(spec.path)
+    return DataInfo("imagefolder", "image", shape, rows)
+
+
+def ray_dataset(spec: DataSpec, info: DataInfo):
+    """The materialized Ray Dataset for user data (column 'x'); None for built-ins.
+
+    Materialized before training starts: with as many Train workers as CPUs, a lazy pipeline
+    would have no CPU left for its read tasks and hang.
+    """
+    if spec.name == "parquet":
+        return files.parquet_dataset(spec.path, spec.column, info.kind, info.sample_shape).materialize()
+    if spec.name == "imagefolder":
+        return files.image_folder_dataset(spec.path, info.sample_shape).materialize()
+    return None
+
+
+def batches(spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None) -> Iterator[torch.Tensor]:
+    """Endless batches of real samples for one worker (`shard`: its Ray Data shard, for user data)."""
+    stream_seed = seed * 1_000_003 + rank
+    if info.kind == "mixture":
+        return builtin.mixture_batches(spec.name, batch_size, stream_seed)
+    if spec.name == "digits":
+        data = torch.from_numpy(builtin.digits_array())[rank::world]
+        return builtin.tensor_batches(data, batch_size, stream_seed)
+    return _shard_batches(shard, batch_size, stream_seed)
+
+
+def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    epoch = 0
+    while True:
+        yielded = False
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch
+        ):
+            yielded = True
+            yield batch["x"]
+        if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
+            raise RuntimeError(f"this worker's data shard has fewer than {batch_size} rows")
+        epoch += 1
+
+
+def describe() -> list[tuple[str, str]]:
+    """(name, description) of every data source, for `distgan datasets`."""
+    return [
+        *builtin.ABOUT.items(),
+        ("parquet", "your Parquet file/folder: data.path, data.column = float vectors or encoded image bytes"),
+        ("imagefolder", "your folder of images (png/jpg/...), all one size: data.path"),
+    ]

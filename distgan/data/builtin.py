@@ -1,0 +1,49 @@
+"""Built-in datasets: the PacGAN 2-D mixtures (ring8, grid25) and scikit-learn's 8x8 digits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from distgan.metrics.mixture import MIXTURE_STD, mixture_means
+
+ABOUT = {
+    "ring8": "8 Gaussians on the unit circle, std 0.01 (PacGAN); 2-D points drawn fresh each step",
+    "grid25": "25 Gaussians on the grid {-4,-2,0,2,4}^2, std 0.05 (PacGAN); 2-D points drawn fresh each step",
+    "digits": "scikit-learn's 1,797 real 8x8 handwritten digits, 1 channel, scaled to [-1, 1]",
+}
+
+
+def mixture_batches(name: str, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless batches from the mixture: a uniformly chosen mode plus Gaussian noise."""
+    means = torch.as_tensor(mixture_means(name), dtype=torch.float32)
+    std = MIXTURE_STD[name]
+    rng = torch.Generator().manual_seed(seed)
+    while True:
+        modes = torch.randint(len(means), (batch_size,), generator=rng)
+        yield means[modes] + std * torch.randn(batch_size, 2, generator=rng)
+
+
+def digits_array() -> np.ndarray:
+    """[1797, 1, 8, 8] float32 in [-1, 1]; the data ships inside scikit-learn (no download)."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.float32)  # values 0..16
+    return (images / 8.0 - 1.0)[:, None]
+
+
+def digits_labels() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().target
+
+
+def tensor_batches(data: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless batches from an in-memory shard: reshuffled every epoch, last partial batch dropped."""
+    rng = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(data), generator=rng)
+        for i in range(0, len(data) - batch_size + 1, batch_size):
+            yield data[order[i : i + batch_size]]

@@ -1,0 +1,171 @@
+"""One adversarial step, the EMA generator and sampling: pure PyTorch, no Ray.
+
+The loss (what is optimized) lives in `distgan.losses`; this module only runs it. G and D may be
+wrapped in DistributedDataParallel; the step order below is the one that is correct under DDP:
+
+1. D step(s): G makes a batch without grad; ONE D forward over cat(real, fake[, interpolates]) so
+   each DDP iteration has exactly one forward/backward, penalties included; `opt_d.step()`.
+2. G step: all of D frozen (`requires_grad_(False)`: DDP then skips D's all-reduce), a fresh
+   `D(G(z))`, `opt_g.step()`. Reusing the D-step forward after `opt_d.step()` would fail with an
+   in-place error under autograd, and freezing only part of D breaks DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+from distgan import losses
+from distgan.config import LossSpec, OptimSpec
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
+    return getattr(module, "module", module)
+
+
+class Engine:
+    def __init__(
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        loss: LossSpec,
+        optim: OptimSpec,
+        latent_dim: int,
+        device: torch.device,
+        bf16: bool = False,
+    ):
+        self.G, self.D = G, D
+        self.loss, self.n_critic, self.ema_decay = loss, optim.n_critic, optim.ema
+        self.latent_dim, self.device = latent_dim, device
+        self.bf16 = bf16
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=optim.lr_g, betas=optim.betas_g)
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=optim.lr_d, betas=optim.betas_d)
+        self.G_ema = copy.deepcopy(unwrap(G)).eval().requires_grad_(False)
+        self.ema_updates = 0
+
+    def _autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, spec = real.shape[0], self.loss
+        with torch.no_grad(), self._autocast():
+            fake = self.G(self._latents(n)).float()
+        real = real.detach().requires_grad_(spec.r1 > 0)
+        fake = fake.detach().requires_grad_(spec.r2 > 0)
+        inputs = [real, fake]
+        if spec.type == "wgan_gp":
+            eps = torch.rand(n, *[1] * (real.dim() - 1), device=self.device)
+            inputs.append(torch.lerp(real.detach(), fake.detach(), eps).requires_grad_(True))
+        with self._autocast():
+            logits = self.D(torch.cat(inputs)).float()
+        parts = logits.split(n)
+        loss = losses.d_loss(spec.type, parts[0], parts[1])
+        stats = {"loss_d": loss.detach()}
+        if spec.r1 > 0:
+            r1 = losses.input_gradient_penalty(parts[0], real)
+            loss = loss + 0.5 * spec.r1 * r1
+            stats["r1"] = r1.detach()
+        if spec.r2 > 0:
+            r2 = losses.input_gradient_penalty(parts[1], fake)
+            loss = loss + 0.5 * spec.r2 * r2
+            stats["r2"] = r2.detach()
+        if spec.type == "wgan_gp":
+            gp = losses.gradient_penalty(parts[2], inputs[2])
+            loss = loss + spec.gp * gp
+            stats["gp"] = gp.detach()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        stats["grad_norm_d"] = nn.utils.clip_grad_norm_(self.D.parameters(), math.inf)
+        self.opt_d.step()
+        return stats
+
+    def g_step(self, batch_size: int) -> dict[str, torch.Tensor]:
+        self.D.requires_grad_(False)
+        try:
+            with self._autocast():
+                loss = losses.g_loss(self.loss.type, self.D(self.G(self._latents(batch_size))).float())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.G.parameters(), math.inf)
+            self.opt_g.step()
+        finally:
+            self.D.requires_grad_(True)
+        self.update_ema()
+        return {"loss_g": loss.detach(), "grad_norm_g": grad_norm}
+
+    def step(self, real_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One generator step after `n_critic` discriminator steps (one real batch each).
+
+        Returns detached scalar tensors (no host sync here; the loop reads them when it reports).
+        """
+        assert len(real_batches) == self.n_critic, f"need {self.n_critic} real batches, got {len(real_batches)}"
+        for real in real_batches:
+            stats = self.d_step(real)
+        stats.update(self.g_step(real_batches[-1].shape[0]))
+        return stats
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        # Ramp the decay up early on (as TF's ExponentialMovingAverage does) so the EMA does not
+        # average in the random initialization for the first thousands of steps.
+        self.ema_updates += 1
+        decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        g = unwrap(self.G)
+        torch._foreach_lerp_(list(self.G_ema.parameters()), [p.detach() for p in g.parameters()], 1 - decay)
+        for b_ema, b in zip(self.G_ema.buffers(), g.buffers()):
+            b_ema.copy_(b)
+
+    def set_lrs(self, lr_g: float, lr_d: float) -> None:
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr_g
+        for group in self.opt_d.param_groups:
+            group["lr"] = lr_d
+
+    def state_dict(self) -> dict:
+        return {
+            "G": unwrap(self.G).state_dict(),
+            "D": unwrap(self.D).state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "ema_updates": self.ema_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.G).load_state_dict(state["G"])
+        unwrap(self.D).load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.ema_updates = state["ema_updates"]
+
+
+def all_finite(stats: dict[str, torch.Tensor]) -> bool:
+    """NaN/Inf in any loss or gradient norm: the signal that a run has diverged."""
+    return bool(torch.isfinite(torch.stack([v.float() for v in stats.values()])).all())
+
+
+@torch.no_grad()
+def sample(generator: nn.Module, n: int, latent_dim: int, device: torch.device, seed: int, batch: int = 4096) -> torch.Tensor:
+    """n samples from `generator` with latents drawn from a private RNG (leaves global RNG alone)."""
+    rng = torch.Generator(device="cpu").manual_seed(seed)
+    was_training = generator.training
+    generator.eval()
+    try:
+        chunks = [
+            generator(torch.randn(min(batch, n - i), latent_dim, generator=rng).to(device)).float().cpu()
+            for i in range(0, n, batch)
+        ]
+    finally:
+        generator.train(was_training)
+    return torch.cat(chunks)

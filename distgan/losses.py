@@ -1,0 +1,84 @@
+"""Adversarial losses and gradient regularizers.
+
+Convention: every function takes raw discriminator outputs (logits, shape [N]
+or [N, 1]; they are flattened) and returns a scalar to be *minimized* -- the
+discriminator loss by D's optimizer, the generator loss by G's. Means are over
+the batch. Regularizer weights (gamma/2 for R1/R2, lambda for WGAN-GP) are
+applied by the caller, not here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSS_TYPES = ("minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan")
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(-1)
+
+
+# softplus(-x) = -log(sigmoid(x)) and softplus(x) = -log(1 - sigmoid(x)),
+# written this way for numerical stability at large |x|.
+def _d_logistic(r: Tensor, f: Tensor) -> Tensor:
+    return F.softplus(-r).mean() + F.softplus(f).mean()
+
+
+_D_LOSSES = {
+    "minimax": _d_logistic,
+    "nonsaturating": _d_logistic,
+    "hinge": lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(),
+    "wgan_gp": lambda r, f: f.mean() - r.mean(),
+    "lsgan": lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(),
+}
+
+_G_LOSSES = {
+    # G minimizes log(1 - sigmoid(f)) = -softplus(f); saturates when D wins.
+    "minimax": lambda f: -F.softplus(f).mean(),
+    # G minimizes -log(sigmoid(f)): same fixed point, strong early gradients.
+    "nonsaturating": lambda f: F.softplus(-f).mean(),
+    "hinge": lambda f: -f.mean(),
+    "wgan_gp": lambda f: -f.mean(),
+    "lsgan": lambda f: 0.5 * ((f - 1) ** 2).mean(),
+}
+
+
+def _check(kind: str) -> None:
+    if kind not in LOSS_TYPES:
+        raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_TYPES}")
+
+
+def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Discriminator loss (scalar) for ``kind``."""
+    _check(kind)
+    return _D_LOSSES[kind](_flat(real_logits), _flat(fake_logits))
+
+
+def g_loss(kind: str, fake_logits: Tensor) -> Tensor:
+    """Generator loss (scalar) for ``kind``."""
+    _check(kind)
+    return _G_LOSSES[kind](_flat(fake_logits))
+
+
+def _input_grad(logits: Tensor, inputs: Tensor) -> Tensor:
+    # Summing the logits gives each sample's gradient w.r.t. its own input,
+    # since samples do not interact in D. create_graph keeps the penalty
+    # differentiable w.r.t. D's parameters.
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.reshape(grad.shape[0], -1)
+
+
+def input_gradient_penalty(logits: Tensor, inputs: Tensor) -> Tensor:
+    """Mean over the batch of ||dD/dx||^2 (R1 on real inputs, R2 on fakes).
+
+    ``inputs`` must require grad and ``logits`` must be computed from it.
+    The caller multiplies by gamma / 2.
+    """
+    return _input_grad(logits, inputs).pow(2).sum(dim=1).mean()
+
+
+def gradient_penalty(logits: Tensor, interpolates: Tensor) -> Tensor:
+    """WGAN-GP: mean over the batch of (||dD/dx||_2 - 1)^2 at ``interpolates``."""
+    return (_input_grad(logits, interpolates).norm(2, dim=1) - 1).pow(2).mean()

@@ -1,0 +1,25 @@
+"""Generator/discriminator families. `build` is the one entry point the loop uses."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from distgan.config import ModelSpec
+from distgan.models import dcgan, mlp
+
+
+def build(spec: ModelSpec, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for data whose samples have `sample_shape`: (dim,) for vectors, (C, H, W) for images."""
+    if spec.arch == "mlp":
+        dim = 1
+        for s in sample_shape:
+            dim *= s
+        return mlp.Generator(spec, sample_shape), mlp.Discriminator(spec, dim)
+    return dcgan.Generator(spec, sample_shape), dcgan.Discriminator(spec, sample_shape)
+
+
+def check_compatible(spec: ModelSpec, sample_shape: tuple[int, ...]) -> str | None:
+    """Why this architecture cannot make samples of this shape, or None when it can."""
+    if spec.arch == "dcgan":
+        return dcgan.shape_problem(sample_shape)
+    return None

@@ -1,0 +1,69 @@
+"""DCGAN (Radford et al. 2016) for square images of 8 to 64 px.
+
+G upsamples a 4x4 map by strided transposed convolutions, with BatchNorm; D mirrors it with
+strided convolutions and LeakyReLU but no BatchNorm, so that real and fake batches can share one
+D forward (needed for R1/GP under DDP) and batch statistics never mix them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from distgan.config import ModelSpec
+
+SIZES = (8, 16, 32, 64)
+
+
+def shape_problem(sample_shape: tuple[int, ...]) -> str | None:
+    if len(sample_shape) != 3:
+        return f"model.arch=dcgan needs images (C, H, W); this data has samples of shape {tuple(sample_shape)}: use model.arch=mlp"
+    c, h, w = sample_shape
+    if h != w or h not in SIZES:
+        return f"model.arch=dcgan makes square images of {', '.join(map(str, SIZES))} px; this data is {h}x{w}: resize it or use model.arch=mlp"
+    if c not in (1, 3):
+        return f"model.arch=dcgan makes 1- or 3-channel images; this data has {c} channels"
+    return None
+
+
+def _widths(size: int, base: int) -> list[int]:
+    """Channel widths from the 4x4 map up to the last hidden layer, capped at 8x base."""
+    n_up = {8: 1, 16: 2, 32: 3, 64: 4}[size]
+    return [min(base * 2 ** (n_up - 1 - i), base * 8) for i in range(n_up)]
+
+
+class Generator(nn.Module):
+    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
+        super().__init__()
+        self.latent_dim = spec.latent_dim
+        channels, size, _ = sample_shape
+        widths = _widths(size, spec.base_channels)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(spec.latent_dim, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
+        super().__init__()
+        channels, size, _ = sample_shape
+        widths = _widths(size, spec.base_channels)[::-1]  # grows toward the 4x4 map
+        sn = spectral_norm if spec.spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = []
+        for a, b in zip([channels, *widths[:-1]], widths):
+            layers += [sn(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        layers.append(sn(nn.Conv2d(widths[-1], 1, 4, 1, 0)))  # 4x4 -> 1x1
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()

@@ -1,0 +1,120 @@
+"""Datasets: built-ins have the right shape and statistics; bad user data fails naming file and column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from distgan import data
+from distgan.config import DataSpec
+from distgan.errors import InputError
+from distgan.metrics.mixture import mixture_means, mixture_quality
+
+from conftest import blob_images, png_bytes, run_cli, write_image_parquet
+
+
+def test_mixture_batches_follow_the_protocol():
+    spec = DataSpec(name="grid25")
+    batch = next(data.batches(spec, data.inspect(spec), 5000, rank=0, world=1, seed=0))
+    assert batch.shape == (5000, 2)
+    q = mixture_quality(batch.numpy(), mixture_means("grid25"), 0.05)
+    # in 2-D, P(|N(0, s^2 I)| <= 3s) = 1 - exp(-9/2) = 0.989: the best any generator can score
+    assert q["modes"] == 25 and q["high_quality"] == pytest.approx(1 - np.exp(-4.5), abs=0.006) and q["reverse_kl"] < 0.01
+
+
+def test_ranks_draw_different_batches_and_seeds_repeat():
+    spec = DataSpec(name="ring8")
+    info = data.inspect(spec)
+    a0 = next(data.batches(spec, info, 8, 0, 2, seed=1))
+    a1 = next(data.batches(spec, info, 8, 1, 2, seed=1))
+    again = next(data.batches(spec, info, 8, 0, 2, seed=1))
+    assert not torch.equal(a0, a1) and torch.equal(a0, again)
+
+
+def test_digits_are_real_8x8_in_unit_range_and_sharded():
+    spec = DataSpec(name="digits")
+    info = data.inspect(spec)
+    assert info.sample_shape == (1, 8, 8) and info.num_rows == 1797
+    batch = next(data.batches(spec, info, 64, 0, 2, seed=0))
+    assert batch.shape == (64, 1, 8, 8)
+    assert batch.min() >= -1 and batch.max() <= 1 and batch.max() == 1  # 16/8 - 1
+    assert 0.2 < (batch > 0).float().mean() < 0.6  # real strokes, not noise
+
+
+def test_parquet_vectors_and_images_are_described(tmp_path):
+    vec = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"x": [[0.0, 1.0, 2.0]] * 10}), vec)
+    assert data.inspect(DataSpec(name="parquet", path=str(vec), column="x")) == data.DataInfo("parquet", "vector", (3,), 10)
+    img = write_image_parquet(tmp_path / "i.parquet", blob_images(12, 16))
+    assert data.inspect(DataSpec(name="parquet", path=str(img), column="image")) == data.DataInfo("parquet", "image", (1, 16, 16), 12)
+
+
+def _bad(spec: DataSpec, *fragments: str) -> None:
+    with pytest.raises(InputError) as e:
+        data.inspect(spec)
+    for fragment in fragments:
+        assert fragment in str(e.value), str(e.value)
+
+
+def test_bad_parquet_inputs(tmp_path):
+    _bad(DataSpec(name="parquet", path=str(tmp_path / "missing.parquet"), column="x"), "missing.parquet' does not exist")
+    (tmp_path / "emptydir").mkdir()
+    _bad(DataSpec(name="parquet", path=str(tmp_path / "emptydir"), column="x"), "holds no *.parquet files")
+
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"x": pa.array([], pa.list_(pa.float32()))}), empty)
+    _bad(DataSpec(name="parquet", path=str(empty), column="x"), "column 'x' is empty")
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"x": [[0.0, 1.0]] * 4, "y": [1, 2, 3, 4]}), good)
+    _bad(DataSpec(name="parquet", path=str(good), column="z"), f"{good}: no column 'z' (columns: x, y)")
+    _bad(DataSpec(name="parquet", path=str(good), column="y"), f"{good}: column 'y' is int64; expected a list of floats")
+
+    nan = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({"x": [[0.0, 1.0], [0.0, float("nan")], [1.0, 1.0]]}), nan)
+    _bad(DataSpec(name="parquet", path=str(nan), column="x"), f"{nan}: column 'x' has NaN/Inf values (first at row 1)")
+
+    ragged = tmp_path / "ragged.parquet"
+    pq.write_table(pa.table({"x": [[0.0, 1.0], [0.0, 1.0, 2.0]]}), ragged)
+    _bad(DataSpec(name="parquet", path=str(ragged), column="x"), f"{ragged}: column 'x' has vectors of different lengths")
+
+    mixed = tmp_path / "mixed.parquet"
+    write_image_parquet(mixed, blob_images(3, 16) + blob_images(1, 8))
+    _bad(DataSpec(name="parquet", path=str(mixed), column="image"), "mixed image sizes", "is 16x16", "row 3 is 8x8")
+
+    junk = tmp_path / "junk.parquet"
+    pq.write_table(pa.table({"image": [b"not an image"]}), junk)
+    _bad(DataSpec(name="parquet", path=str(junk), column="image"), f"{junk}: column 'image' row 0: not a readable image")
+
+
+def test_bad_image_folders(tmp_path):
+    _bad(DataSpec(name="imagefolder", path=str(tmp_path / "nope")), "is not a directory")
+    (tmp_path / "empty").mkdir()
+    _bad(DataSpec(name="imagefolder", path=str(tmp_path / "empty")), "holds no images")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(blob_images(2, 16)):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    assert data.inspect(DataSpec(name="imagefolder", path=str(folder))).sample_shape == (1, 16, 16)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "odd.png")
+    _bad(DataSpec(name="imagefolder", path=str(folder)), "mixed image sizes", "odd.png is 8x8 (3 ch)")
+
+
+def test_bad_data_via_cli_exits_2(tmp_path):
+    nan = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({"x": [[float("nan"), 1.0]] * 4}), nan)
+    r = run_cli("train", "--set", "data.name=parquet", "--set", f"data.path={nan}", "--set", "data.column=x", cwd=tmp_path)
+    assert r.returncode == 2 and f"{nan}: column 'x' has NaN/Inf values" in r.stderr
+
+    odd = write_image_parquet(tmp_path / "odd.parquet", blob_images(40, 28))
+    r = run_cli("train", "--set", "data.name=parquet", "--set", f"data.path={odd}", "--set", "data.column=image", "--set", "model.arch=dcgan", cwd=tmp_path)
+    assert r.returncode == 2 and "model.arch=dcgan makes square images of 8, 16, 32, 64 px; this data is 28x28" in r.stderr
+
+    few = write_image_parquet(tmp_path / "few.parquet", blob_images(10, 8))
+    r = run_cli("train", "--set", "data.name=parquet", "--set", f"data.path={few}", "--set", "data.column=image", "--set", "model.arch=dcgan", cwd=tmp_path)
+    assert r.returncode == 2 and "parquet has 10 rows: 10 per worker, fewer than the per-worker batch 512" in r.stderr
+    assert not (tmp_path / "distgan_runs").exists()
