@@ -158,14 +158,13 @@ def all_finite(stats: dict[str, torch.Tensor]) -> bool:
 @torch.no_grad()
 def sample(generator: nn.Module, n: int, latent_dim: int, device: torch.device, seed: int, batch: int = 4096) -> torch.Tensor:
     """n samples from `generator` with latents drawn from a private RNG (leaves global RNG alone)."""
-    rng = torch.Generator(device="cpu").manual_seed(seed)
+    # All latents drawn at once, so the samples do not depend on `batch` (the CPU normal sampler
+    # draws differently for different tensor sizes).
+    latents = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
     was_training = generator.training
     generator.eval()
     try:
-        chunks = [
-            generator(torch.randn(min(batch, n - i), latent_dim, generator=rng).to(device)).float().cpu()
-            for i in range(0, n, batch)
-        ]
+        chunks = [generator(z.to(device)).float().cpu() for z in latents.split(batch)]
     finally:
         generator.train(was_training)
     return torch.cat(chunks)

@@ -176,6 +176,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None)
     return {
         "status": status,
         "steps": step,
+        "resumed_from": start,
         "metrics": metrics,
         "ranks_in_sync": all(d == digests[0] for d in digests),
         "param_digests": [{"G": g, "D": d} for g, d in digests],

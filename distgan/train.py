@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -51,9 +52,9 @@ class RaySession:
     def prepare_model(self, model):
         import ray.train.torch
 
-        # BatchNorm buffers stay per-rank: broadcasting them each forward costs a collective and
-        # trips autograd's in-place checks in the two-optimizer step.
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+        # BatchNorm buffers stay per-rank after init: syncing them on every forward costs a
+        # collective and trips autograd's in-place checks in the two-optimizer step.
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
 
     def latest_checkpoint(self) -> Path | None:
         import ray.train
@@ -84,6 +85,9 @@ class RaySession:
 
 
 def train_loop_per_worker(config: dict) -> dict:
+    # R1's double backward leaves D's last weight grad with transposed strides: DDP copies that
+    # one small tensor into its bucket, and warns about it at every step otherwise.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     spec = JobSpec.model_validate(config["spec"])
     info = DataInfo(**config["data_info"])
     return loop.run(spec, info, RaySession(config["progress"]), config["record_dir"])
@@ -222,6 +226,7 @@ def train(spec: JobSpec, address: str | None = None, echo=print) -> dict:
             "status": out.get("status", "failed") if error is None else "failed",
             "error": None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
             "steps": out.get("steps", 0),
+            "resumed_from": out.get("resumed_from", 0),
             "metrics": out.get("metrics", {}),
             "checkpoint": checkpoint,
             "run_dir": str(run_dir),
