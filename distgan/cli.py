@@ -28,7 +28,7 @@ def _train(args: argparse.Namespace) -> int:
         with open(args.json_out, "w") as f:
             json.dump(result, f, indent=2)
     m = result["metrics"]
-    headline = "  ".join(f"{k} {m[k]:.3g}" for k in ("modes", "high_quality", "reverse_kl") if k in m)
+    headline = "  ".join(f"{k} {m[k]:.3g}" for k in ("modes", "high_quality", "reverse_kl") if m.get(k) is not None)
     print(f"{result['status']}: {result['steps']} steps in {result['wall_s']:.0f}s  {headline}  run {result['run_dir']}")
     if result.get("error"):
         print(result["error"], file=sys.stderr)

@@ -161,7 +161,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None)
             session.progress(_progress_line(step, t.steps, metrics, time.perf_counter() - run_start, step - start))
         if diverged:
             status = "diverged"
-        _report(session, eng, step, metrics, checkpoint or diverged, rank, spec)
+        _report(session, eng, step, metrics, checkpoint and not diverged, rank, spec)  # keep the last good one
         if diverged:
             if is_chief:
                 session.progress(f"step {step}: loss or gradient is NaN/Inf; stopping (status diverged)")

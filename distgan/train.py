@@ -9,6 +9,7 @@ the worker group from the latest checkpoint, and re-running the same `train.name
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -227,7 +228,8 @@ def train(spec: JobSpec, address: str | None = None, echo=print) -> dict:
             "error": None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
             "steps": out.get("steps", 0),
             "resumed_from": out.get("resumed_from", 0),
-            "metrics": out.get("metrics", {}),
+            # NaN/Inf are not JSON: a diverged metric reads null
+            "metrics": {k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()},
             "checkpoint": checkpoint,
             "run_dir": str(run_dir),
             "name": spec.train.name,

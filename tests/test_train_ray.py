@@ -108,3 +108,18 @@ def test_dcgan_trains_on_parquet_images_through_ray_data(tmp_path):
     assert np.isfinite(res["metrics"]["loss_d"]) and np.isfinite(res["metrics"]["loss_g"])
     grid = Image.open(tmp_path / "pq" / "distgan" / "images" / "samples_0000030.png")
     assert grid.size == ((8 * 17 + 1) * 4, (8 * 17 + 1) * 4)  # 8x8 grid of 16 px samples, 4x upscaled
+
+
+def test_diverging_run_stops_with_status_diverged(tmp_path):
+    out = tmp_path / "result.json"
+    r = run_cli(
+        "train", str(REPO / "jobs" / "ring8.yaml"), "--json-out", str(out), "--name", "nan",
+        "--set", "loss.type=lsgan", "--set", "optim.lr_g=1", "--set", "optim.lr_d=1",
+        "--set", "train.steps=200", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=100",
+        "--set", f"train.storage_path={tmp_path}", cwd=tmp_path,
+    )
+    assert r.returncode == 1
+    res = read_json(out)
+    assert res["status"] == "diverged" and res["steps"] == 10
+    assert res["metrics"]["loss_d"] is None  # NaN, written as JSON null
+    assert "loss or gradient is NaN/Inf; stopping (status diverged)" in r.stdout
