@@ -23,16 +23,63 @@ def _train(args: argparse.Namespace) -> int:
     if args.name:
         overrides.append(f"train.name={args.name}")
     spec = config.load_spec(args.job, overrides)
-    result = train.train(spec, address=args.address)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    tracking = train.Tracking(not args.no_tracking, args.tracking_uri, args.experiment, args.register, args.generator)
+    result = train.train(spec, address=args.address, tracking=tracking)
+    _write_json(args.json_out, result)
     m = result["metrics"]
     headline = "  ".join(f"{k} {m[k]:.3g}" for k in ("modes", "high_quality", "reverse_kl") if m.get(k) is not None)
     print(f"{result['status']}: {result['steps']} steps in {result['wall_s']:.0f}s  {headline}  run {result['run_dir']}")
+    if result["mlflow_run_id"]:
+        registered = f"; registered {result['model_uri']}{' (champion)' if result['champion'] else ''}" if result["model_uri"] else ""
+        print(f"mlflow run {result['mlflow_run_id']} at {result['tracking_uri']}{registered}")
     if result.get("error"):
         print(result["error"], file=sys.stderr)
     return 0 if result["status"] == "finished" else 1
+
+
+def _write_json(path: str | None, doc: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=2)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from distgan import registry, tracking
+
+    uri = tracking.resolve_uri(args.tracking_uri)
+    tracking.check_reachable(uri)
+    if args.action == "list":
+        rows = registry.list_models(uri)
+        for r in rows:
+            aliases = ", ".join(f"@{a}=v{v}" for a, v in sorted(r["aliases"].items()))
+            print(f"{r['name']:30} latest v{r['latest_version']}  {aliases}")
+        if not rows:
+            print(f"no registered models at {uri}")
+        return 0
+    if not args.name:
+        raise InputError(f"models {args.action} needs a model NAME")
+    if args.action == "show":
+        doc = registry.show_model(uri, args.name)
+        print(doc["name"])
+        for v in doc["versions"]:
+            metrics = "  ".join(f"{k.removeprefix('metric.')} {val}" for k, val in sorted(v["tags"].items()) if k.startswith("metric."))
+            aliases = " ".join(f"@{a}" for a in v["aliases"])
+            print(f"  v{v['version']:<4} {aliases:12} run {v['run_id']}  {metrics}")
+        return 0
+    if args.version is None:
+        raise InputError("models promote needs NAME VERSION, e.g. distgan models promote grid25-gan 3")
+    doc = registry.promote(uri, args.name, args.version)
+    print(f"{doc['name']}@champion -> v{doc['champion']} (was v{doc['previous_champion']})")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from distgan import hub
+
+    result = hub.pull(args.model_uri, args.n, args.seed, args.out, args.format or ["png", "npy"], args.tracking_uri)
+    _write_json(args.json_out, result)
+    print(f"{result['n']} samples of shape {tuple(result['sample_shape'])} from {args.model_uri}: {', '.join(result['files'])}")
+    return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -55,7 +102,29 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     t.add_argument("--name", help="run name (train.name); an existing name resumes that run")
     t.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    t.add_argument("--experiment", default="distgan", help="MLflow experiment name (default: distgan)")
+    t.add_argument("--register", metavar="NAME", help="register the generator in the Model Registry under NAME")
+    t.add_argument("--generator", choices=["ema", "raw"], default="ema", help="which generator to log (default: ema)")
+    t.add_argument("--no-tracking", action="store_true", help="no MLflow run (the run directory still records everything)")
     t.set_defaults(fn=_train)
+
+    m = sub.add_parser("models", help="registered generators: list | show NAME | promote NAME VERSION")
+    m.add_argument("action", choices=["list", "show", "promote"])
+    m.add_argument("name", nargs="?")
+    m.add_argument("version", nargs="?")
+    m.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default as for train)")
+    m.set_defaults(fn=_models)
+
+    p_ = sub.add_parser("pull", help="sample a registered or logged generator")
+    p_.add_argument("model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator")
+    p_.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p_.add_argument("--seed", type=int, default=0)
+    p_.add_argument("--out", default="samples", help="output directory (default ./samples)")
+    p_.add_argument("--format", action="append", choices=["png", "npy", "parquet"], help="repeatable (default: png and npy)")
+    p_.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default as for train)")
+    p_.add_argument("--json-out", metavar="FILE")
+    p_.set_defaults(fn=_pull)
 
     d = sub.add_parser("datasets", help="list the data sources")
     d.set_defaults(fn=_datasets)

@@ -104,7 +104,7 @@ class Evaluator:
         return {}
 
 
-def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None) -> dict:
+def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None, tracking: dict | None = None) -> dict:
     """Train to `spec.train.steps` generator steps (resuming from the latest checkpoint); rank 0's
     result dict is the run's result."""
     rank, world, device, t = session.rank, session.world, session.device, spec.train
@@ -132,7 +132,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None)
     per_worker_batch = t.batch_size // world
     # Re-seed the data stream on resume; a stream's position is not worth checkpointing.
     stream = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
-    record = RunRecord(record_dir, resume_step=start) if is_chief and record_dir else None
+    record = RunRecord(record_dir, tracking, warn=session.progress) if is_chief and record_dir else None
     if record and start == 0:
         record.log_spec(spec.model_dump(mode="json"))
     evaluator = Evaluator(spec, info, device) if is_chief else None
@@ -168,6 +168,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None)
             break
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
+    undelivered = record.close() if record else 0
     digests = _gather((parameter_digest(G), parameter_digest(D)))
     if step == start and is_chief and record:  # resumed at the end: report the recorded final metrics
         history = record.metric_history()
@@ -179,6 +180,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None)
         "resumed_from": start,
         "metrics": metrics,
         "ranks_in_sync": all(d == digests[0] for d in digests),
+        "tracking_undelivered": undelivered,
         "param_digests": [{"G": g, "D": d} for g, d in digests],
         "node_ids": _gather(session.node_id),
     }

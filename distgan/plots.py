@@ -35,9 +35,28 @@ def scatter_png(samples: np.ndarray, means: np.ndarray, title: str = "") -> byte
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
     ax.scatter(means[:, 0], means[:, 1], s=30, marker="x", c="red", label="true modes")
-    span = np.abs(means).max() * 1.5
+    span = np.abs(means if len(means) else samples[:, :2]).max() * 1.5
     ax.set(xlim=(-span, span), ylim=(-span, span), title=title, aspect="equal")
     ax.legend(loc="upper right", fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def curves_png(series: dict[str, list[tuple[int, float]]], title: str) -> bytes:
+    """One panel per metric: value over step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), dpi=100, squeeze=False)
+    for ax, (name, points) in zip(axes[0], series.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values)
+        ax.set(title=name, xlabel="step")
+    fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)

@@ -14,12 +14,14 @@ import os
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from distgan import data, loop, models
+from distgan import data, loop, models, registry
+from distgan import tracking as tracking_lib
 from distgan.config import JobSpec
 from distgan.data import DataInfo
 from distgan.errors import InputError
@@ -91,7 +93,7 @@ def train_loop_per_worker(config: dict) -> dict:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     spec = JobSpec.model_validate(config["spec"])
     info = DataInfo(**config["data_info"])
-    return loop.run(spec, info, RaySession(config["progress"]), config["record_dir"])
+    return loop.run(spec, info, RaySession(config["progress"]), config["record_dir"], config["tracking"])
 
 
 def preflight(spec: JobSpec) -> DataInfo:
@@ -152,11 +154,30 @@ def _print_progress(queue, stop: threading.Event, echo) -> None:
             pass
 
 
-def train(spec: JobSpec, address: str | None = None, echo=print) -> dict:
+@dataclass
+class Tracking:
+    """What the user asked of MLflow for this run (None tracking_uri: MLflow's default resolution)."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "distgan"
+    register: str | None = None  # registered model name
+    generator: str = "ema"  # which generator to log: "ema" or "raw"
+
+
+def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Tracking | None = None) -> dict:
     """Run one training job to completion; returns the result document (see README, --json-out)."""
+    tracking = tracking or Tracking()
     info = preflight(spec)
     if address is None:
         _check_cluster(spec, None)
+    uri = None
+    if tracking.enabled:
+        tracking_lib.configure_env()  # before Ray copies the env to workers
+        uri = tracking_lib.resolve_uri(tracking.tracking_uri)
+        tracking_lib.check_reachable(uri)
+        if tracking.register:
+            registry.check_name(tracking.register)
     storage = Path(spec.train.storage_path or DEFAULT_STORAGE).resolve()
     if spec.train.name is None:
         spec.train.name = f"{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -171,15 +192,19 @@ def train(spec: JobSpec, address: str | None = None, echo=print) -> dict:
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": _worker_env()},
-            logging_level=logging.WARNING,
-            configure_logging=True,
-        )
+        ray.init(address=address, runtime_env={"env_vars": _worker_env()}, logging_level=logging.WARNING, configure_logging=True)
     try:
         if address is not None:
             _check_cluster(spec, address)
+            if uri and tracking_lib.is_local(uri) and len([n for n in ray.nodes() if n["Alive"]]) > 1:
+                raise InputError(
+                    f"tracking URI {uri} is a local SQLite file, but the cluster at {address} has several nodes: "
+                    f"start an `mlflow server` and pass --tracking-uri http://HOST:PORT"
+                )
+        run_id = None
+        if uri:
+            tags = {"workers": str(spec.scaling.workers), "device": "cuda" if spec.scaling.gpu else "cpu", "dataset": spec.data.name}
+            run_id = tracking_lib.open_run(uri, tracking.experiment, spec, run_dir, tags)
         datasets = {"train": data.ray_dataset(spec.data, info)} if info.uses_ray_data else None
         progress = Queue(actor_options={"num_cpus": 0})
         trainer = TorchTrainer(
@@ -188,6 +213,7 @@ def train(spec: JobSpec, address: str | None = None, echo=print) -> dict:
                 "spec": spec.model_dump(mode="json"),
                 "data_info": info.__dict__,
                 "record_dir": str(run_dir / "distgan"),
+                "tracking": {"uri": uri, "run_id": run_id} if run_id else None,
                 "progress": progress,
             },
             scaling_config=ScalingConfig(
@@ -221,26 +247,65 @@ def train(spec: JobSpec, address: str | None = None, echo=print) -> dict:
             stop.set()
             printer.join()
         wall = time.perf_counter() - t0
-        out = (result.return_value if result is not None else None) or {}
-        checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
-        return {
-            "status": out.get("status", "failed") if error is None else "failed",
-            "error": None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-            "steps": out.get("steps", 0),
-            "resumed_from": out.get("resumed_from", 0),
-            # NaN/Inf are not JSON: a diverged metric reads null
-            "metrics": {k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()},
-            "checkpoint": checkpoint,
-            "run_dir": str(run_dir),
-            "name": spec.train.name,
-            "mlflow_run_id": None,
-            "model_uri": None,
-            "workers": spec.scaling.workers,
-            "wall_s": round(wall, 2),
-            "ranks_in_sync": out.get("ranks_in_sync"),
-            "param_digests": out.get("param_digests", []),
-            "node_ids": out.get("node_ids", []),
-        }
     finally:
         if started_ray:
             ray.shutdown()
+
+    out = (result.return_value if result is not None else None) or {}
+    checkpoint = result.checkpoint.path if result is not None and result.checkpoint else None
+    status = out.get("status", "failed") if error is None else "failed"
+    # NaN/Inf are not JSON: a diverged metric reads null
+    metrics = {k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()}
+    doc = {
+        "status": status,
+        "error": None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        "steps": out.get("steps", 0),
+        "resumed_from": out.get("resumed_from", 0),
+        "metrics": metrics,
+        "checkpoint": checkpoint,
+        "run_dir": str(run_dir),
+        "name": spec.train.name,
+        "mlflow_run_id": run_id,
+        "tracking_uri": uri,
+        "tracking_undelivered": out.get("tracking_undelivered", 0),
+        "logged_model_uri": None,
+        "model_uri": None,
+        "champion": None,
+        "workers": spec.scaling.workers,
+        "wall_s": round(wall, 2),
+        "ranks_in_sync": out.get("ranks_in_sync"),
+        "param_digests": out.get("param_digests", []),
+        "node_ids": out.get("node_ids", []),
+    }
+    if run_id:
+        if status == "finished" and checkpoint:
+            _log_and_register(doc, spec, info, uri, run_id, checkpoint, tracking)
+        tracking_lib.close_run(uri, run_id, status)
+    return doc
+
+
+def _log_and_register(doc: dict, spec: JobSpec, info: DataInfo, uri: str, run_id: str, checkpoint: str, tracking: Tracking) -> None:
+    """The final generator to MLflow and, when asked, to the registry under the champion rule."""
+    state = torch.load(Path(checkpoint) / loop.CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    generator, _ = models.build(spec.model, info.sample_shape)
+    generator.load_state_dict(state["engine"]["G_ema" if tracking.generator == "ema" else "G"])
+    meta = {
+        "model": spec.model.model_dump(mode="json"),
+        "sample_shape": list(info.sample_shape),
+        "latent_dim": spec.model.latent_dim,
+        "dataset": spec.data.name,
+        "kind": info.kind,
+        "generator": tracking.generator,
+        "steps": doc["steps"],
+    }
+    doc["logged_model_uri"] = registry.log_generator(uri, run_id, generator, meta)
+    if tracking.register:
+        m = doc["metrics"]
+        quality = ", ".join(f"{k} {m[k]:.3g}" for k in ("modes", "high_quality", "reverse_kl") if m.get(k) is not None)
+        reg = registry.register(
+            uri, doc["logged_model_uri"], tracking.register, info.kind, m,
+            tags={"dataset": spec.data.name, "job": spec.train.name, "run_id": run_id, "generator": tracking.generator},
+            description=f"{spec.model.arch} generator ({tracking.generator}) trained on {spec.data.name} for {doc['steps']} steps"
+            + (f"; {quality}" if quality else ""),
+        )
+        doc["model_uri"], doc["champion"] = reg["model_uri"], reg["champion"]

@@ -1,0 +1,104 @@
+"""Pulling generators back from MLflow and sampling them.
+
+    G, meta = distgan.hub.load_generator("models:/grid25-gan@champion")
+    samples = G(torch.randn(16, meta["latent_dim"]))
+
+URIs: `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/generator`. The weights load
+with `torch.load(weights_only=True)` into an architecture rebuilt from its JSON spec: nothing is
+unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distgan import models, plots, registry
+from distgan.config import ModelSpec
+from distgan.errors import InputError
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))$")
+RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>[\w\-./]+)$")
+FORMATS = ("png", "npy", "parquet")
+
+
+def check_uri(uri: str, tracking_uri: str) -> str:
+    """The URI itself if it names something that exists, else InputError listing what does."""
+    from distgan.tracking import _client
+
+    m = MODEL_URI.match(uri)
+    if m:
+        client = _client(tracking_uri)
+        registry.require_version(client, m["name"], version=m["version"], alias=m["alias"])
+        return uri
+    r = RUN_URI.match(uri)
+    if r:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            _client(tracking_uri).get_run(r["run_id"])
+        except MlflowException:
+            raise InputError(f"no MLflow run {r['run_id']} at {tracking_uri}") from None
+        return uri
+    raise InputError(f"model URI {uri!r} is malformed; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator")
+
+
+def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """(generator in eval mode, its meta: model spec, sample_shape, latent_dim, dataset, kind)."""
+    import mlflow
+
+    from distgan.tracking import configure_env, resolve_uri
+
+    tracking_uri = resolve_uri(tracking_uri)
+    check_uri(uri, tracking_uri)
+    configure_env()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)) / "artifacts"
+    meta = json.loads((local / "generator.json").read_text())
+    generator, _ = models.build(ModelSpec.model_validate(meta["model"]), tuple(meta["sample_shape"]))
+    generator.load_state_dict(torch.load(local / "generator.pt", map_location="cpu", weights_only=True))
+    return generator.eval(), meta
+
+
+def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], tracking_uri: str | None = None) -> dict:
+    """Sample `n` from the generator at `uri` and write them to `out` in each of `formats`."""
+    from distgan import engine
+
+    for f in formats:
+        if f not in FORMATS:
+            raise InputError(f"--format {f!r}: choose from {', '.join(FORMATS)}")
+    if n < 1:
+        raise InputError(f"--n {n}: need at least 1 sample")
+    generator, meta = load_generator(uri, tracking_uri)
+    samples = engine.sample(generator, n, meta["latent_dim"], torch.device("cpu"), seed).numpy()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "png" in formats:
+        path = out / "samples.png"
+        if samples.ndim == 4:
+            path.write_bytes(plots.image_grid_png(samples))
+        else:
+            from distgan.metrics.mixture import mixture_means
+
+            means = mixture_means(meta["dataset"]) if meta.get("kind") == "mixture" else samples[:0]
+            path.write_bytes(plots.scatter_png(samples, means, uri))
+        written.append(path)
+    if "npy" in formats:
+        path = out / "samples.npy"
+        np.save(path, samples)
+        written.append(path)
+    if "parquet" in formats:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = out / "samples.parquet"
+        flat = samples.reshape(len(samples), -1)
+        pq.write_table(pa.table({"sample": list(flat), "shape": [list(samples.shape[1:])] * len(samples)}), path)
+        written.append(path)
+    return {"status": "finished", "model_uri": uri, "n": n, "seed": seed, "files": [str(p) for p in written], "sample_shape": list(samples.shape[1:])}

@@ -1,0 +1,183 @@
+"""Generators as MLflow models, and the Model Registry: register, the `champion` rule, promote.
+
+A logged generator holds (as model artifacts):
+- `program.pt2`: a `torch.export` program with a dynamic batch dimension, run by the pyfunc
+  (`distgan/generator_pyfunc.py`), so `mlflow.pyfunc.load_model(uri).predict(latents)` works
+  wherever mlflow and torch are installed, for any batch size, without distgan;
+- `generator.pt` + `generator.json`: the plain state_dict (loads with
+  `torch.load(weights_only=True)`) and the architecture, which `distgan.hub` rebuilds without
+  unpickling code.
+
+Champion rule: a new version takes the alias `champion` only when its headline quality beats the
+current champion's. Headline per dataset kind: 2-D mixtures compare (`modes`, then
+`high_quality`), higher is better; for data with no quality metric yet (images) a new version
+takes `champion` only when there is none. `promote` moves it by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distgan.errors import InputError
+
+ALIAS = "champion"
+PYFUNC_FILE = Path(__file__).with_name("generator_pyfunc.py")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
+HEADLINE = {"mixture": ("modes", "high_quality")}
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise InputError(f"model name {name!r}: use letters, digits, '_', '-', '.' (e.g. grid25-gan)")
+
+
+def _client(uri: str):
+    from distgan.tracking import _client
+
+    return _client(uri)
+
+
+def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
+    """Log `generator` (eval mode) to the run; returns its model URI. `meta`: model spec,
+    sample_shape, latent_dim, dataset, kind."""
+    import mlflow
+
+    from distgan.tracking import configure_env
+
+    configure_env()
+    generator = generator.eval().cpu()
+    latent_dim = meta["latent_dim"]
+    example = torch.randn(4, latent_dim)
+    program = torch.export.export(generator, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.export.save(program, f"{tmp}/program.pt2")
+        torch.save(generator.state_dict(), f"{tmp}/generator.pt")
+        Path(f"{tmp}/generator.json").write_text(json.dumps(meta))
+        with torch.no_grad():
+            signature = mlflow.models.infer_signature(example.numpy(), generator(example).numpy())
+        mlflow.set_tracking_uri(uri)
+        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):  # the caller sets the final status
+            warnings.simplefilter("ignore")  # type-hint and input-example nags of models-from-code
+            info = mlflow.pyfunc.log_model(
+                name="generator",
+                python_model=str(PYFUNC_FILE),
+                artifacts={k: f"{tmp}/{f}" for k, f in (("program", "program.pt2"), ("weights", "generator.pt"), ("meta", "generator.json"))},
+                signature=signature,
+                # explicit: inferring requirements costs ~7 s per call
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            )
+    return info.model_uri
+
+
+def _headline(kind: str, metrics: dict) -> tuple | None:
+    keys = HEADLINE.get(kind)
+    if not keys or any(metrics.get(k) is None for k in keys):
+        return None
+    return tuple(float(metrics[k]) for k in keys)
+
+
+def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags: dict, description: str) -> dict:
+    """A new version of `name`; it takes `champion` under the rule above. Returns
+    {"version", "model_uri", "champion": bool, "previous_champion"}."""
+    import mlflow
+
+    client = _client(uri)
+    mlflow.set_registry_uri(uri)
+    quality = {k: v for k, v in metrics.items() if k in ("modes", "high_quality", "reverse_kl") and v is not None}
+    version_tags = {**tags, "distgan.kind": kind, **{f"metric.{k}": str(v) for k, v in quality.items()}}
+    mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    client.update_model_version(name, mv.version, description=description)
+    current = _champion(client, name)
+    mine = _headline(kind, quality)
+    if current is None:
+        take = True
+    else:
+        theirs = _headline(current.tags.get("distgan.kind", ""), {k.removeprefix("metric."): v for k, v in current.tags.items() if k.startswith("metric.")})
+        take = mine is not None and (theirs is None or mine > theirs)
+    if take:
+        client.set_registered_model_alias(name, ALIAS, mv.version)
+    return {
+        "version": int(mv.version),
+        "model_uri": f"models:/{name}/{mv.version}",
+        "champion": take,
+        "previous_champion": int(current.version) if current else None,
+    }
+
+
+def _champion(client, name: str):
+    try:
+        return client.get_model_version_by_alias(name, ALIAS)
+    except Exception:
+        return None
+
+
+def _model_names(client) -> list[str]:
+    return sorted(m.name for m in client.search_registered_models())
+
+
+def require_model(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        names = _model_names(client)
+        raise InputError(f"no registered model {name!r}; registered: {', '.join(names) or 'none'}") from None
+
+
+def require_version(client, name: str, version: str | None = None, alias: str | None = None):
+    from mlflow.exceptions import MlflowException
+
+    model = require_model(client, name)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        if alias:
+            raise InputError(f"model {name!r} has no alias {alias!r}; aliases: {', '.join(sorted(model.aliases)) or 'none'}") from None
+        raise InputError(f"model {name!r} has no version {version}; versions: {', '.join(map(str, versions)) or 'none'}") from None
+
+
+def list_models(uri: str) -> list[dict]:
+    client = _client(uri)
+    out = []
+    for m in sorted(client.search_registered_models(), key=lambda m: m.name):
+        latest = max((int(v.version) for v in client.search_model_versions(f"name='{m.name}'")), default=None)
+        out.append({"name": m.name, "latest_version": latest, "aliases": dict(m.aliases)})
+    return out
+
+
+def show_model(uri: str, name: str) -> dict:
+    client = _client(uri)
+    model = require_model(client, name)
+    aliases_of: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        aliases_of.setdefault(str(version), []).append(alias)
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    return {
+        "name": name,
+        "description": model.description,
+        "versions": [
+            {"version": int(v.version), "aliases": aliases_of.get(str(v.version), []), "run_id": v.run_id, "tags": dict(v.tags), "description": v.description}
+            for v in versions
+        ],
+    }
+
+
+def promote(uri: str, name: str, version: str) -> dict:
+    client = _client(uri)
+    require_version(client, name, version=str(version))
+    previous = _champion(client, name)
+    client.set_registered_model_alias(name, ALIAS, str(version))
+    return {"name": name, "champion": int(version), "previous_champion": int(previous.version) if previous else None}
+
+
+def sample_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
+    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
