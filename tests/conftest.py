@@ -65,3 +65,76 @@ def blob_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
 def write_image_parquet(path: Path, images: list[np.ndarray], column: str = "image") -> Path:
     pq.write_table(pa.table({column: [png_bytes(im) for im in images], "label": list(range(len(images)))}), path)
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on a loopback port, with the lean settings of DESIGN.md; stopped by PID."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = Path(root), port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        import time
+        import urllib.request
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination",
+               str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start in time")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers only
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pyfunc_venv() -> Path:
+    """A virtualenv with mlflow and torch but NOT distgan, built once and reused (about a minute):
+    $DISTGAN_TEST_VENV, else /tmp/distgan-pyfunc-venv-<torch>-<mlflow>."""
+    import mlflow
+    import torch
+
+    torch_version = torch.__version__.split("+")[0]
+    path = Path(os.environ.get("DISTGAN_TEST_VENV", f"/tmp/distgan-pyfunc-venv-{torch_version}-{mlflow.__version__}"))
+    python = path / "bin" / "python"
+    probe = [str(python), "-c", "import mlflow, torch; import importlib.util as u; assert u.find_spec('distgan') is None"]
+    if not (python.exists() and subprocess.run(probe, cwd="/", capture_output=True).returncode == 0):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"], check=True)
+        subprocess.run(probe, cwd="/", check=True)
+    return python

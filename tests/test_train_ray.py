@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from distgan import config, train
+from distgan.errors import InputError
 
 from conftest import REPO, blob_images, read_json, run_cli, write_image_parquet
 
@@ -40,9 +41,13 @@ def test_grid25_two_workers_converges_with_ranks_in_sync(tmp_path):
     assert "Reporting training result" not in r.stdout + r.stderr
 
 
-def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path):
+def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     marker = tmp_path / "killed"
+    experiment = f"ft-{tmp_path.name}"
     args = ["train", "--workers", "2", "--name", "ft", "--set", f"train.storage_path={tmp_path}",
+            "--tracking-uri", mlflow_server.uri, "--experiment", experiment, "--register", "ft-gan",
             "--set", "train.eval_every=25", "--set", "train.checkpoint_every=100"]
     out = tmp_path / "a.json"
     # Killed at 175: Ray's controller has collected the step-100 checkpoint by then (a worker's
@@ -57,6 +62,21 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path):
     assert res["ranks_in_sync"] is True
     assert _metric_steps(tmp_path / "ft") == list(range(25, 301, 25))  # no gap, no duplicate
 
+    # exactly one MLflow run, with params, every eval's metrics once, sample images and the model
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == res["mlflow_run_id"] and runs[0].info.status == "FINISHED"
+    run = runs[0]
+    assert run.data.params["optim.lr_g"] == "0.0005" and run.data.params["scaling.workers"] == "2"
+    assert run.data.tags["dataset"] == "grid25" and run.data.tags["workers"] == "2" and run.data.tags["device"] == "cpu"
+    for key in ("loss_d", "loss_g", "grad_norm_d", "img_per_s", "modes", "high_quality"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(25, 301, 25)), key
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert {f"samples/samples_{s:07d}.png" for s in range(25, 301, 25)} <= samples
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "curves")} == {"curves/losses.png", "curves/quality.png"}
+    assert res["model_uri"] == "models:/ft-gan/1" and res["logged_model_uri"]
+
     # the same run name again, with more steps: it continues from step 300
     out = tmp_path / "b.json"
     r = run_cli(*args, "--set", "train.steps=400", "--json-out", str(out), cwd=tmp_path)
@@ -64,13 +84,15 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path):
     res = read_json(out)
     assert res["resumed_from"] == 300 and res["steps"] == 400 and res["status"] == "finished"
     assert _metric_steps(tmp_path / "ft") == list(range(25, 401, 25))
+    assert res["mlflow_run_id"] == run.info.run_id and len(client.search_runs([exp.experiment_id])) == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == list(range(25, 401, 25))
 
     # a different model under the same name is refused before Ray starts
     r = run_cli(*args, "--set", "model.g_hidden=[32]", cwd=tmp_path)
     assert r.returncode == 2 and "run 'ft'" in r.stderr and "different model section" in r.stderr
 
 
-def test_two_workers_spread_over_two_nodes(tmp_path):
+def test_two_workers_spread_over_two_nodes(tmp_path, mlflow_server, monkeypatch):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -82,7 +104,11 @@ def test_two_workers_spread_over_two_nodes(tmp_path):
             "scaling.workers=2", "scaling.placement=SPREAD", "train.steps=40", "train.eval_every=20",
             "train.checkpoint_every=20", f"train.storage_path={tmp_path}", "train.name=spread",
         ])
-        res = train.train(spec, address=cluster.address)
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(InputError, match="is a local SQLite file, but the cluster at .* has several nodes"):
+            train.train(spec, address=cluster.address)  # the default tracking store cannot serve 3 nodes
+        assert not (tmp_path / "spread").exists()
+        res = train.train(spec, address=cluster.address, tracking=train.Tracking(tracking_uri=mlflow_server.uri))
     finally:
         import ray
 

@@ -1,0 +1,201 @@
+"""MLflow: URI resolution, a real `mlflow server` (registry, champion rule, pull errors, outages)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from distgan import models, registry, tracking
+from distgan.config import ModelSpec
+from distgan.errors import InputError
+
+from conftest import REPO, MlflowServer, free_port, read_json, run_cli
+
+
+def test_tracking_uri_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.resolve_uri("sqlite:///sub.db") == f"sqlite:///{tmp_path}/sub.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000/")
+    assert tracking.resolve_uri(None) == "http://127.0.0.1:5000"
+    assert tracking.resolve_uri("sqlite:////abs/x.db".replace("/abs", str(tmp_path))) == f"sqlite:///{tmp_path}/x.db"
+    with pytest.raises(InputError, match="is not supported"):
+        tracking.resolve_uri("file:///tmp/mlruns")
+    with pytest.raises(InputError, match="does not exist"):
+        tracking.resolve_uri("sqlite:////no/such/dir/mlflow.db")
+
+
+def test_server_down_at_start_is_exit_2_within_seconds(tmp_path):
+    port = free_port()  # nothing listens there
+    t0 = time.perf_counter()
+    r = run_cli("train", "--tracking-uri", f"http://127.0.0.1:{port}", "--set", f"train.storage_path={tmp_path}", cwd=tmp_path)
+    took = time.perf_counter() - t0
+    assert r.returncode == 2
+    assert f"MLflow tracking server http://127.0.0.1:{port} is not reachable (ConnectionError)" in r.stderr
+    assert took < 30, took  # not MLflow's default minutes of retries
+    assert not (tmp_path / "distgan_runs").exists() and list(tmp_path.iterdir()) == []
+
+
+def _tiny_generator_run(uri: str, client: MlflowClient) -> tuple[str, str]:
+    exp = client.get_experiment_by_name("registry-test") or client.get_experiment(client.create_experiment("registry-test"))
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    spec = ModelSpec(latent_dim=2, g_hidden=[8])
+    G, _ = models.build(spec, (2,))
+    meta = {"model": spec.model_dump(mode="json"), "sample_shape": [2], "latent_dim": 2, "dataset": "grid25", "kind": "mixture"}
+    return run_id, registry.log_generator(uri, run_id, G, meta)
+
+
+def test_champion_rule_and_promote(mlflow_server, tmp_path):
+    uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
+    name = "champ-test"
+
+    def new_version(modes, hq):
+        run_id, model_uri = _tiny_generator_run(uri, client)
+        return registry.register(uri, model_uri, name, "mixture", {"modes": modes, "high_quality": hq, "reverse_kl": 0.1},
+                                 tags={"dataset": "grid25"}, description="test")
+
+    first = new_version(20.0, 0.5)
+    assert first["version"] == 1 and first["champion"] is True
+    worse = new_version(18.0, 0.9)  # fewer modes: worse, whatever its high_quality
+    assert worse["champion"] is False and client.get_model_version_by_alias(name, "champion").version == "1"
+    tie_better = new_version(20.0, 0.6)  # same modes, more high-quality samples: better
+    assert tie_better["champion"] is True and tie_better["previous_champion"] == 1
+    assert client.get_model_version_by_alias(name, "champion").version == "3"
+    v = client.get_model_version(name, "3")
+    assert v.tags["metric.modes"] == "20.0" and v.tags["dataset"] == "grid25" and v.description == "test"
+
+    r = run_cli("models", "promote", name, "2", "--tracking-uri", uri, cwd=tmp_path)
+    assert r.returncode == 0 and "champ-test@champion -> v2 (was v3)" in r.stdout
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    r = run_cli("models", "show", name, "--tracking-uri", uri, cwd=tmp_path)
+    assert r.returncode == 0 and "v2    @champion" in r.stdout
+    r = run_cli("models", "list", "--tracking-uri", uri, cwd=tmp_path)
+    assert r.returncode == 0 and "champ-test" in r.stdout and "@champion=v2" in r.stdout
+
+
+def test_unknown_models_and_malformed_uris_exit_2(mlflow_server, tmp_path):
+    uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
+    _, model_uri = _tiny_generator_run(uri, client)
+    registry.register(uri, model_uri, "known-model", "mixture", {"modes": 1.0, "high_quality": 0.1}, {}, "d")
+    cases = {
+        "models:/unknown-model/1": "no registered model 'unknown-model'; registered: ",
+        "models:/known-model/9": "model 'known-model' has no version 9; versions: 1",
+        "models:/known-model@best": "model 'known-model' has no alias 'best'; aliases: champion",
+        "models:/known-model": "model URI 'models:/known-model' is malformed",
+        "s3://bucket/model": "is malformed; use models:/NAME/VERSION",
+    }
+    for bad, message in cases.items():
+        r = run_cli("pull", bad, "--tracking-uri", uri, "--out", str(tmp_path / "s"), cwd=tmp_path)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert message in r.stderr, (bad, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert "known-model" in run_cli("pull", "models:/unknown-model/1", "--tracking-uri", uri, cwd=tmp_path).stderr
+    r = run_cli("models", "promote", "known-model", "5", "--tracking-uri", uri, cwd=tmp_path)
+    assert r.returncode == 2 and "has no version 5; versions: 1" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.cluster
+def test_server_stopped_and_restarted_mid_run_loses_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        out = tmp_path / "result.json"
+        cmd = [sys.executable, "-m", "distgan", "train", str(REPO / "jobs" / "ring8.yaml"), "--tracking-uri", server.uri,
+               "--json-out", str(out), "--name", "outage", "--set", "train.steps=2000", "--set", "train.eval_every=50",
+               "--set", "train.checkpoint_every=500", "--set", "train.batch_size=256", "--set", f"train.storage_path={tmp_path}"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        client = MlflowClient(server.uri)
+        deadline = time.monotonic() + 300
+        run_id = None
+        while time.monotonic() < deadline and proc.poll() is None:  # wait until metrics flow
+            saved = tmp_path / "outage" / "distgan" / "mlflow.json"
+            if saved.exists():
+                run_id = json.loads(saved.read_text())["run_id"]
+                if len(client.get_metric_history(run_id, "loss_d")) >= 3:
+                    break
+            time.sleep(1)
+        assert run_id and proc.poll() is None, "training ended before the outage could start"
+        server.stop()
+        time.sleep(12)  # training goes on meanwhile
+        server.start()
+        stdout, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stdout[-3000:]
+    finally:
+        server.stop()
+    server.start()
+    try:
+        res = read_json(out)
+        assert res["status"] == "finished" and res["tracking_undelivered"] == 0
+        assert "unreachable" in stdout and "is back after" in stdout
+        steps = [m.step for m in MlflowClient(server.uri).get_metric_history(run_id, "loss_d")]
+        assert sorted(steps) == list(range(50, 2001, 50))  # every eval, once: nothing lost in the outage
+    finally:
+        server.stop()
+
+
+PYFUNC_CHECK = """
+import json, sys
+import mlflow, numpy as np
+model = mlflow.pyfunc.load_model(sys.argv[1])
+z = np.load(sys.argv[2])
+print(json.dumps({"one": model.predict(z[:1]).tolist(), "many": model.predict(z).tolist()}))
+"""
+
+
+@pytest.mark.cluster
+def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_venv, tmp_path):
+    import subprocess
+
+    import numpy as np
+
+    from distgan import hub
+
+    out = tmp_path / "result.json"
+    r = run_cli("train", str(REPO / "jobs" / "ring8.yaml"), "--tracking-uri", mlflow_server.uri, "--register", "ring8-pull",
+                "--json-out", str(out), "--set", "train.steps=200", "--set", "train.eval_every=100",
+                "--set", f"train.storage_path={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = read_json(out)
+    assert res["model_uri"] == "models:/ring8-pull/1" and res["champion"] is True
+    assert "registered models:/ring8-pull/1 (champion)" in r.stdout
+
+    # distgan pull in a fresh process, by alias
+    pulled = tmp_path / "pulled"
+    r = run_cli("pull", "models:/ring8-pull@champion", "--n", "300", "--seed", "5", "--out", str(pulled),
+                "--format", "png", "--format", "npy", "--format", "parquet", "--tracking-uri", mlflow_server.uri, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    samples = np.load(pulled / "samples.npy")
+    assert samples.shape == (300, 2) and np.isfinite(samples).all()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pulled / "samples.parquet")
+    assert table.num_rows == 300 and np.allclose(np.stack(table.column("sample").to_numpy(zero_copy_only=False)), samples)
+    assert (pulled / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the same weights through distgan.hub (state_dict, no unpickling) give the same samples
+    G, meta = hub.load_generator("models:/ring8-pull/1", mlflow_server.uri)
+    from distgan import engine
+
+    again = engine.sample(G, 300, meta["latent_dim"], torch.device("cpu"), 5).numpy()
+    assert np.allclose(again, samples, atol=1e-6)
+
+    # the pyfunc in a virtualenv with mlflow and torch but not distgan, batch 1 and 37
+    z = np.random.default_rng(0).standard_normal((37, meta["latent_dim"])).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    (tmp_path / "check.py").write_text(PYFUNC_CHECK)
+    p = subprocess.run([str(pyfunc_venv), str(tmp_path / "check.py"), "models:/ring8-pull@champion", str(tmp_path / "z.npy")],
+                       cwd="/", capture_output=True, text=True, timeout=300,
+                       env={"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    preds = json.loads(p.stdout.strip().splitlines()[-1])
+    expected = G(torch.from_numpy(z)).detach().numpy()
+    assert np.array(preds["one"]).shape == (1, 2) and np.array(preds["many"]).shape == (37, 2)
+    assert np.allclose(preds["many"], expected, atol=1e-5) and np.allclose(preds["one"], expected[:1], atol=1e-5)
