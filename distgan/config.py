@@ -166,7 +166,10 @@ def _apply_override(tree: dict, assignment: str) -> None:
         if not isinstance(child, dict):
             raise InputError(f"--set {assignment!r}: '{key}' is a value, not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw  # YAML 1.1 reads on/off/yes/no as booleans; only true/false mean that here
+    node[keys[-1]] = value
 
 
 def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> JobSpec:

@@ -278,9 +278,13 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
         "node_ids": out.get("node_ids", []),
     }
     if run_id:
-        if status == "finished" and checkpoint:
-            _log_and_register(doc, spec, info, uri, run_id, checkpoint, tracking)
-        tracking_lib.close_run(uri, run_id, status)
+        try:
+            if status == "finished" and checkpoint:
+                _log_and_register(doc, spec, info, uri, run_id, checkpoint, tracking)
+            tracking_lib.close_run(uri, run_id, status)
+        except Exception as e:  # the server went away at the very end: the training result stands
+            doc["tracking_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            echo(f"warning: could not finish MLflow run {run_id} ({doc['tracking_error']}); the generator is in {checkpoint}")
     return doc
 
 

@@ -21,6 +21,9 @@ def test_overrides_are_typed_and_nested():
     assert spec.optim.lr_g == 3e-4 and spec.model.g_hidden == [64, 32] and spec.model.spectral_norm is True
     assert spec.data.name == "ring8"
     assert flatten(spec)["optim.lr_g"] == 3e-4
+    # YAML 1.1 booleans stay strings unless they say true/false
+    assert load_spec(None, ["train.name=off"]).train.name == "off"
+    assert load_spec(None, ["model.spectral_norm=True"]).model.spectral_norm is True
 
 
 @pytest.mark.parametrize(

@@ -199,3 +199,17 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     expected = G(torch.from_numpy(z)).detach().numpy()
     assert np.array(preds["one"]).shape == (1, 2) and np.array(preds["many"]).shape == (37, 2)
     assert np.allclose(preds["many"], expected, atol=1e-5) and np.allclose(preds["one"], expected[:1], atol=1e-5)
+
+
+def test_run_record_writes_each_step_once_across_resumes(tmp_path):
+    record = tracking.RunRecord(tmp_path / "rec")
+    for step in (10, 20, 30):
+        record.log_metrics({"loss_d": float(step)}, step)
+    # a resume from the step-10 checkpoint re-measures 20 and 30: they are not written again
+    record = tracking.RunRecord(tmp_path / "rec")
+    for step in (20, 30, 40):
+        record.log_metrics({"loss_d": -float(step)}, step)
+    rows = record.metric_history()
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    assert [r["loss_d"] for r in rows] == [10.0, 20.0, 30.0, -40.0]
+    assert record.close() == 0
