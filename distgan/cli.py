@@ -37,6 +37,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "finished" else 1
 
 
+def _search(args: argparse.Namespace) -> int:
+    from distgan import search, search_config, train
+
+    overrides = list(args.set)
+    if args.trials is not None:
+        overrides.append(f"search.trials={args.trials}")
+    if args.no_early_stop:
+        overrides += ["search.early_stop=false"]
+    spec, search_spec = search_config.load_search(args.spec, overrides)
+    tracking = train.Tracking(not args.no_tracking, args.tracking_uri, args.experiment, args.register)
+    result = search.search(spec, search_spec, address=args.address, tracking=tracking)
+    _write_json(args.json_out, result)
+    steps = sum(t["steps"] for t in result["trials"])
+    print(f"{result['status']}: {len(result['trials'])} trials, {steps} steps in {result['wall_s']:.0f}s; best {result['best']}")
+    if result["mlflow_run_id"]:
+        registered = f"; registered {result['model_uri']}{' (champion)' if result['champion'] else ''}" if result["model_uri"] else ""
+        print(f"mlflow parent run {result['mlflow_run_id']}{registered}")
+    return 0 if result["status"] == "finished" else 1
+
+
 def _write_json(path: str | None, doc: dict) -> None:
     if path:
         with open(path, "w") as f:
@@ -108,6 +128,19 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--generator", choices=["ema", "raw"], default="ema", help="which generator to log (default: ema)")
     t.add_argument("--no-tracking", action="store_true", help="no MLflow run (the run directory still records everything)")
     t.set_defaults(fn=_train)
+
+    s = sub.add_parser("search", help="search hyperparameters with Ray Tune (default: jobs/search-grid25.yaml)")
+    s.add_argument("spec", nargs="?", help="search spec YAML: a job spec plus a search section")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job key or search.* key")
+    s.add_argument("--trials", type=int, help="number of trials (search.trials)")
+    s.add_argument("--address", help="join this Ray cluster (default: start a local Ray in-process)")
+    s.add_argument("--no-early-stop", action="store_true", help="no divergence stopper and no ASHA: every trial runs to the end")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default as for train)")
+    s.add_argument("--experiment", default="distgan", help="MLflow experiment name (default: distgan)")
+    s.add_argument("--register", metavar="NAME", help="register the best trial's generator under NAME")
+    s.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
+    s.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
+    s.set_defaults(fn=_search)
 
     m = sub.add_parser("models", help="registered generators: list | show NAME | promote NAME VERSION")
     m.add_argument("action", choices=["list", "show", "promote"])

@@ -97,8 +97,11 @@ class Evaluator:
             record.log_image(plots.scatter_png(samples, self.means, f"step {step}"), f"samples_{step:07d}.png")
             if final:  # the headline figures: mean and standard error over seeds (PacGAN protocol)
                 seeds = [seed + 1000 + i for i in range(self.spec.train.final_eval_seeds)]
-                return mixture_quality_over_seeds(lambda k, s: self._sample(G, k, s), self.means, self.std, seeds, n)
-            return mixture_quality(samples, self.means, self.std)
+                q = mixture_quality_over_seeds(lambda k, s: self._sample(G, k, s), self.means, self.std, seeds, n)
+            else:
+                q = mixture_quality(samples, self.means, self.std)
+            # One number that orders runs as (modes, then high_quality) do: for search and ranking.
+            return q | {"mixture_score": q["modes"] + q["high_quality"]}
         if self.info.kind == "image":
             record.log_image(plots.image_grid_png(self._sample(G, 64, seed)), f"samples_{step:07d}.png")
         return {}
@@ -124,6 +127,9 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
         start = state["step"]
         rng = state["rng"]
         torch.set_rng_state(rng[rank] if len(rng) == world else rng[0])
+        # The spec's learning rates win over the checkpoint's: after a PBT exploit the spec holds
+        # the mutated values, while the loaded optimizer state holds the donor's.
+        eng.set_lrs(spec.optim.lr_g, spec.optim.lr_d)
     else:
         torch.manual_seed(t.seed * 1_000_003 + rank)  # each rank its own latents
     if dist.is_initialized():
@@ -154,6 +160,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
         elapsed = time.perf_counter() - interval_start
         metrics = {k: float(v) / interval_steps for k, v in totals.items()}
         metrics |= {"step_time": elapsed / interval_steps, "img_per_s": interval_steps * t.batch_size / elapsed}
+        metrics |= {"lr_g": eng.opt_g.param_groups[0]["lr"], "lr_d": eng.opt_d.param_groups[0]["lr"]}
         diverged = _any_rank(not all(np.isfinite(list(metrics.values()))), device)
         if is_chief and evaluate:
             metrics |= evaluator.evaluate(eng.G_ema, step, final=step == t.steps, record=record)

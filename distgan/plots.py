@@ -61,3 +61,54 @@ def curves_png(series: dict[str, list[tuple[int, float]]], title: str) -> bytes:
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+STOP_COLORS = {"converged": "tab:green", "completed": "tab:blue", "asha": "tab:gray", "pbt": "tab:gray", "no_progress": "tab:olive",
+               "mode_collapse": "tab:orange", "d_collapse": "tab:purple", "grad_explosion": "tab:red", "diverged_nan": "black", "failed": "black"}
+
+
+def stability_map_png(trials: list[dict], keys: list[str]) -> bytes:
+    """Each trial at its (first two numeric search keys), coloured by why it ended."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = [k for k in keys if all(isinstance(t["config"].get(k), (int, float)) for t in trials)]
+    x_key, y_key = (numeric + [None, None])[:2]
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    for reason in sorted({t["stop_reason"] for t in trials}):
+        group = [t for t in trials if t["stop_reason"] == reason]
+        xs = [t["config"].get(x_key, i) if x_key else i for i, t in enumerate(group)]
+        ys = [t["config"].get(y_key, 0) if y_key else 0 for t in group]
+        ax.scatter(xs, ys, label=reason, c=STOP_COLORS.get(reason, "tab:cyan"), s=40)
+    if x_key and x_key.startswith("optim.lr"):
+        ax.set_xscale("log")
+    if y_key and y_key.startswith("optim.lr"):
+        ax.set_yscale("log")
+    ax.set(xlabel=x_key or "trial", ylabel=y_key or "", title="stability map")
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def trial_curves_png(histories: dict[str, list[tuple[int, float]]], metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for trial_id, points in histories.items():
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, label=trial_id, lw=1)
+    ax.set(xlabel="step", ylabel=metric, title=f"{metric} of every trial")
+    if len(histories) <= 16:
+        ax.legend(fontsize=6)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,74 @@
+"""Is this GAN run failing? The signals that end a search trial early, as pure logic (no Ray).
+
+`TrialMonitor.update(metrics)` takes one eval's report and returns a stop reason or None:
+
+- `diverged_nan`   a loss or gradient norm is NaN/Inf;
+- `grad_explosion` a gradient norm above `grad_norm_max`;
+- `d_collapse`     D's loss below `d_loss_floor` while G's loss rose, `d_collapse_evals` evals running
+                   (D wins outright: G gets no useful gradient any more);
+- `mode_collapse`  after `grace_evals`, the modes covered fell below `mode_fraction` of the most this
+                   trial has covered (a generator that found modes and lost them);
+- `no_progress`    after `grace_evals`, the search metric has not improved for `patience_evals`;
+- `converged`      every target in `converged` is met (e.g. modes 25 and high_quality 0.8): the
+                   trial has nothing left to prove.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LOSS_AND_GRAD = ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")
+
+
+class StopRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grad_norm_max: float = Field(1e3, gt=0)
+    d_loss_floor: float = Field(0.05, ge=0)
+    d_collapse_evals: int = Field(3, ge=1)
+    mode_fraction: float = Field(0.5, ge=0, le=1)
+    grace_evals: int = Field(3, ge=0)
+    patience_evals: int = Field(4, ge=1)
+    converged: dict[str, float] = Field(default_factory=dict)  # metric -> target (reached when >=)
+
+
+class TrialMonitor:
+    def __init__(self, rules: StopRules, metric: str, mode: str):
+        self.rules, self.metric, self.sign = rules, metric, 1.0 if mode == "max" else -1.0
+        self.peak_modes = 0.0
+        self.evals = 0
+        self.best = -math.inf
+        self.since_best = 0
+        self.collapse_run = 0
+        self.last_loss_g = None
+
+    def update(self, m: dict) -> str | None:
+        r = self.rules
+        self.evals += 1
+        values = [m.get(k) for k in LOSS_AND_GRAD if k in m]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return "diverged_nan"
+        if max(m.get("grad_norm_d", 0.0), m.get("grad_norm_g", 0.0)) > r.grad_norm_max:
+            return "grad_explosion"
+        rising = self.last_loss_g is not None and m["loss_g"] > self.last_loss_g
+        self.collapse_run = self.collapse_run + 1 if m["loss_d"] < r.d_loss_floor and rising else 0
+        self.last_loss_g = m["loss_g"]
+        if self.collapse_run >= r.d_collapse_evals:
+            return "d_collapse"
+        if r.converged and all(m.get(k, -math.inf) >= v for k, v in r.converged.items()):
+            return "converged"
+        score = m.get(self.metric)
+        if score is not None and math.isfinite(score) and self.sign * score > self.best:
+            self.best, self.since_best = self.sign * score, 0
+        else:
+            self.since_best += 1
+        self.peak_modes = max(self.peak_modes, m.get("modes", 0.0))
+        if self.evals <= r.grace_evals:
+            return None
+        if "modes" in m and self.peak_modes >= 2 and m["modes"] < r.mode_fraction * self.peak_modes:
+            return "mode_collapse"
+        if self.since_best >= r.patience_evals:
+            return "no_progress"
+        return None

@@ -1,0 +1,56 @@
+"""The early-stop signals on constructed metric streams."""
+
+from __future__ import annotations
+
+import math
+
+from distgan.divergence import StopRules, TrialMonitor
+
+
+def _healthy(i: int) -> dict:
+    return {"loss_d": 1.2, "loss_g": 0.8, "grad_norm_d": 1.0, "grad_norm_g": 1.0, "modes": min(25.0, 10.0 + 3 * i), "mixture_score": min(25.0, 10.0 + 3 * i)}
+
+
+def _run(stream, **rules) -> list:
+    mon = TrialMonitor(StopRules(**rules), "mixture_score", "max")
+    return [mon.update(m) for m in stream]
+
+
+def test_healthy_run_is_never_stopped():
+    assert _run([_healthy(i) for i in range(6)], patience_evals=10) == [None] * 6
+
+
+def test_nan_and_inf_stop_at_once():
+    for bad in (math.nan, math.inf):
+        assert _run([_healthy(0), _healthy(1) | {"loss_g": bad}]) == [None, "diverged_nan"]
+
+
+def test_gradient_explosion():
+    assert _run([_healthy(0) | {"grad_norm_d": 5e3}], grad_norm_max=1e3) == ["grad_explosion"]
+    assert _run([_healthy(0) | {"grad_norm_g": 999.0}], grad_norm_max=1e3) == [None]
+
+
+def test_d_collapse_needs_consecutive_evals():
+    win = lambda g: _healthy(0) | {"loss_d": 0.01, "loss_g": g}  # noqa: E731
+    assert _run([win(1.0), win(2.0), win(3.0), win(4.0)], d_collapse_evals=3, patience_evals=10) == [None, None, None, "d_collapse"]
+    # the streak breaks when G's loss stops rising
+    assert _run([win(1.0), win(2.0), win(1.5), win(2.0), win(3.0)], d_collapse_evals=3, patience_evals=10) == [None] * 5
+
+
+def test_mode_collapse_after_grace():
+    modes = [20.0, 22.0, 21.0, 8.0]
+    stream = [_healthy(0) | {"modes": m, "mixture_score": m} for m in modes]
+    assert _run(stream, grace_evals=2, mode_fraction=0.5, patience_evals=10) == [None, None, None, "mode_collapse"]
+    # inside the grace period the same drop is tolerated
+    assert _run(stream, grace_evals=4, mode_fraction=0.5, patience_evals=10) == [None] * 4
+
+
+def test_no_progress_after_patience():
+    flat = [_healthy(0) | {"modes": 12.0, "mixture_score": 12.0}] * 6
+    # best set at eval 1; evals 2-4 bring nothing: the third of them ends it
+    assert _run(flat, grace_evals=1, patience_evals=3) == [None, None, None, "no_progress", "no_progress", "no_progress"]
+
+
+def test_converged_when_all_targets_met():
+    stream = [_healthy(0) | {"modes": 24.0, "high_quality": 0.9}, _healthy(0) | {"modes": 25.0, "high_quality": 0.7}, _healthy(0) | {"modes": 25.0, "high_quality": 0.85}]
+    assert _run(stream, converged={"modes": 25, "high_quality": 0.8}, patience_evals=10) == [None, None, "converged"]
