@@ -8,7 +8,8 @@
                    (D wins outright: G gets no useful gradient any more);
 - `mode_collapse`  after `grace_evals`, the modes covered fell below `mode_fraction` of the most this
                    trial has covered (a generator that found modes and lost them);
-- `no_progress`    after `grace_evals`, the search metric has not improved for `patience_evals`;
+- `no_progress`    after `grace_evals`, none of the progress metrics (the search metric, or e.g. both
+                   `modes` and `high_quality` for mixtures) set a new best for `patience_evals`;
 - `converged`      every target in `converged` is met (e.g. modes 25 and high_quality 0.8): the
                    trial has nothing left to prove.
 """
@@ -35,11 +36,13 @@ class StopRules(BaseModel):
 
 
 class TrialMonitor:
-    def __init__(self, rules: StopRules, metric: str, mode: str):
-        self.rules, self.metric, self.sign = rules, metric, 1.0 if mode == "max" else -1.0
+    def __init__(self, rules: StopRules, metric: str, mode: str, progress_keys: list[str] | None = None):
+        self.rules, self.sign = rules, 1.0 if mode == "max" else -1.0
+        # a composite score can stall while its parts still improve (a mode lost, quality rising)
+        self.progress_keys = progress_keys or [metric]
         self.peak_modes = 0.0
         self.evals = 0
-        self.best = -math.inf
+        self.best = {k: -math.inf for k in (progress_keys or [metric])}
         self.since_best = 0
         self.collapse_run = 0
         self.last_loss_g = None
@@ -59,11 +62,12 @@ class TrialMonitor:
             return "d_collapse"
         if r.converged and all(m.get(k, -math.inf) >= v for k, v in r.converged.items()):
             return "converged"
-        score = m.get(self.metric)
-        if score is not None and math.isfinite(score) and self.sign * score > self.best:
-            self.best, self.since_best = self.sign * score, 0
-        else:
-            self.since_best += 1
+        improved = False
+        for key in self.progress_keys:
+            score = m.get(key)
+            if score is not None and math.isfinite(score) and self.sign * score > self.best[key]:
+                self.best[key], improved = self.sign * score, True
+        self.since_best = 0 if improved else self.since_best + 1
         self.peak_modes = max(self.peak_modes, m.get("modes", 0.0))
         if self.evals <= r.grace_evals:
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
 from datetime import datetime
@@ -23,7 +24,7 @@ from distgan.config import JobSpec, validate_spec
 from distgan.data import DataInfo
 from distgan.divergence import TrialMonitor
 from distgan.search_config import SearchSpec, apply_config, tune_space
-from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env
+from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env, ray_runtime_env
 
 STOP_REASONS = ("converged", "diverged_nan", "d_collapse", "grad_explosion", "mode_collapse", "no_progress", "asha", "pbt", "completed", "failed")
 
@@ -130,7 +131,8 @@ def _stopper(search: SearchSpec):
         def __call__(self, trial_id: str, result: dict) -> bool:
             if "loss_d" not in result:
                 return False
-            monitor = self.monitors.setdefault(trial_id, TrialMonitor(search.stop, search.metric, search.mode))
+            progress = ["modes", "high_quality"] if search.metric == "mixture_score" else None
+            monitor = self.monitors.setdefault(trial_id, TrialMonitor(search.stop, search.metric, search.mode, progress))
             reason = monitor.update(result)
             if reason:
                 self.reasons[trial_id] = reason
@@ -158,7 +160,7 @@ def _scheduler(search: SearchSpec, space: dict, total_steps: int):
     return None
 
 
-def _trial_log(echo, reasons: dict, total_steps: int, metric: str, keys: list[str]):
+def _trial_log(echo, reasons: dict, total_steps: int, metric: str, keys: list[str], scheduler: str):
     """A Tune callback that keeps every trial's reports (step, metric, learning rates in use, the
     config at that point: PBT changes it) and prints one line per ended trial (Tune's own status
     table is off)."""
@@ -179,7 +181,7 @@ def _trial_log(echo, reasons: dict, total_steps: int, metric: str, keys: list[st
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             m = trial.last_result or {}
-            reason = reasons.get(trial.trial_id) or _reason_without_stopper(m, total_steps, None)
+            reason = reasons.get(trial.trial_id) or _reason_without_stopper(m, total_steps, scheduler)
             echo(f"trial {trial.trial_id}: {reason} at step {m.get('step', 0)}  " + _quality_text(m))
 
     return TrialLog()
@@ -227,7 +229,7 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address, runtime_env={"env_vars": _worker_env()}, logging_level=logging.WARNING, configure_logging=True)
+        ray.init(address=address, runtime_env=ray_runtime_env(), logging_level=logging.WARNING, configure_logging=True)
     try:
         parent = None
         if uri:
@@ -247,9 +249,11 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
         # One-worker trials are the worker: 1 CPU each. A multi-worker trial's own process holds no
         # CPU, or it would starve the Train workers it launches on a small machine (deadlock).
         per_trial = {"cpu": spec.scaling.cpus_per_worker, "gpu": int(spec.scaling.gpu)} if spec.scaling.workers == 1 else {"cpu": 0}
+        # Tune's new console output ignores verbose=0; the legacy one honours it (our lines suffice)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         stopper = _stopper(search_spec) if search_spec.early_stop else None
         reasons = stopper.reasons if stopper else {}
-        log = _trial_log(echo, reasons, spec.train.steps, search_spec.metric, list(search_spec.space))
+        log = _trial_log(echo, reasons, spec.train.steps, search_spec.metric, list(search_spec.space), search_spec.scheduler)
         tuner = tune.Tuner(
             tune.with_resources(trainable, per_trial),
             param_space=space,

@@ -33,6 +33,20 @@ WORKER_ENV_PREFIXES = ("DISTGAN_", "MLFLOW_")
 DEFAULT_STORAGE = "distgan_runs"
 
 
+def quiet_worker_logs() -> None:
+    """Ray worker setup hook: Ray's INFO line per report, checkpoint and restore stays out of the
+    user's console (Train V2 logs reports from a logger named by file path, which its own
+    LoggingConfig filter misses)."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    for name in (train_context.__file__, "ray.train._internal.storage", "ray.train.v2._internal.execution.storage", "ray.tune.trainable.trainable"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def ray_runtime_env() -> dict:
+    return {"env_vars": _worker_env(), "worker_process_setup_hook": "distgan.train.quiet_worker_logs"}
+
+
 class RaySession:
     """`loop.Session` inside a Ray Train worker."""
 
@@ -46,11 +60,6 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.node_id = ray.get_runtime_context().get_node_id()
         self._queue = progress_queue
-        # Ray Train logs every report at INFO from a logger named by file path, which its own
-        # LoggingConfig filter misses; keep that out of the user's console.
-        from ray.train.v2._internal.execution import context as train_context
-
-        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
     def prepare_model(self, model):
         import ray.train.torch
@@ -192,7 +201,7 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address, runtime_env={"env_vars": _worker_env()}, logging_level=logging.WARNING, configure_logging=True)
+        ray.init(address=address, runtime_env=ray_runtime_env(), logging_level=logging.WARNING, configure_logging=True)
     try:
         if address is not None:
             _check_cluster(spec, address)

@@ -54,3 +54,13 @@ def test_no_progress_after_patience():
 def test_converged_when_all_targets_met():
     stream = [_healthy(0) | {"modes": 24.0, "high_quality": 0.9}, _healthy(0) | {"modes": 25.0, "high_quality": 0.7}, _healthy(0) | {"modes": 25.0, "high_quality": 0.85}]
     assert _run(stream, converged={"modes": 25, "high_quality": 0.8}, patience_evals=10) == [None, None, "converged"]
+
+
+def test_progress_in_any_part_of_a_composite_score_counts():
+    # a mode lost once (25 -> 24) while high_quality keeps rising: the score stalls, the run improves
+    stream = [_healthy(0) | {"modes": m, "high_quality": hq, "mixture_score": m + hq}
+              for m, hq in [(25, 0.05), (24, 0.08), (24, 0.11), (24, 0.14), (24, 0.17), (24, 0.20)]]
+    composite = TrialMonitor(StopRules(grace_evals=1, patience_evals=3), "mixture_score", "max")
+    assert [composite.update(m) for m in stream][-1] == "no_progress"
+    parts = TrialMonitor(StopRules(grace_evals=1, patience_evals=3), "mixture_score", "max", ["modes", "high_quality"])
+    assert [parts.update(m) for m in stream] == [None] * 6
