@@ -7,7 +7,8 @@
 - `d_collapse`     D's loss below `d_loss_floor` while G's loss rose, `d_collapse_evals` evals running
                    (D wins outright: G gets no useful gradient any more);
 - `mode_collapse`  after `grace_evals`, the modes covered fell below `mode_fraction` of the most this
-                   trial has covered (a generator that found modes and lost them);
+                   trial has covered (it found modes and lost them), or stay below
+                   `min_mode_fraction` of all modes (it never spread out);
 - `no_progress`    after `grace_evals`, none of the progress metrics (the search metric, or e.g. both
                    `modes` and `high_quality` for mixtures) set a new best for `patience_evals`;
 - `converged`      every target in `converged` is met (e.g. modes 25 and high_quality 0.8): the
@@ -30,14 +31,15 @@ class StopRules(BaseModel):
     d_loss_floor: float = Field(0.05, ge=0)
     d_collapse_evals: int = Field(3, ge=1)
     mode_fraction: float = Field(0.5, ge=0, le=1)
+    min_mode_fraction: float = Field(0.25, ge=0, le=1)
     grace_evals: int = Field(3, ge=0)
     patience_evals: int = Field(4, ge=1)
     converged: dict[str, float] = Field(default_factory=dict)  # metric -> target (reached when >=)
 
 
 class TrialMonitor:
-    def __init__(self, rules: StopRules, metric: str, mode: str, progress_keys: list[str] | None = None):
-        self.rules, self.sign = rules, 1.0 if mode == "max" else -1.0
+    def __init__(self, rules: StopRules, metric: str, mode: str, progress_keys: list[str] | None = None, n_modes: int | None = None):
+        self.rules, self.sign, self.n_modes = rules, 1.0 if mode == "max" else -1.0, n_modes
         # a composite score can stall while its parts still improve (a mode lost, quality rising)
         self.progress_keys = progress_keys or [metric]
         self.peak_modes = 0.0
@@ -72,6 +74,8 @@ class TrialMonitor:
         if self.evals <= r.grace_evals:
             return None
         if "modes" in m and self.peak_modes >= 2 and m["modes"] < r.mode_fraction * self.peak_modes:
+            return "mode_collapse"
+        if "modes" in m and self.n_modes and m["modes"] < r.min_mode_fraction * self.n_modes:
             return "mode_collapse"
         if self.since_best >= r.patience_evals:
             return "no_progress"

@@ -23,6 +23,7 @@ from distgan import tracking as tracking_lib
 from distgan.config import JobSpec, validate_spec
 from distgan.data import DataInfo
 from distgan.divergence import TrialMonitor
+from distgan.metrics.mixture import mixture_means
 from distgan.search_config import SearchSpec, apply_config, tune_space
 from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env, ray_runtime_env
 
@@ -34,10 +35,13 @@ class TuneSession:
 
     rank, world = 0, 1
 
-    def __init__(self, dataset, gpu: bool):
+    def __init__(self, dataset, gpu: bool, cpus: float):
         import ray
 
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        # Tune trial processes, unlike Train workers, keep torch's default of one thread per core:
+        # concurrent trials would oversubscribe the CPUs several times over.
+        torch.set_num_threads(max(1, int(cpus)))
         self.node_id = ray.get_runtime_context().get_node_id()
         self._dataset = dataset
 
@@ -90,7 +94,7 @@ def trial_fn(config: dict, base: dict, info: dict, tracking: dict | None, datase
         child = {"uri": tracking["uri"], "run_id": _child_run(tracking["uri"], tracking, trial_id, config)}
     info = DataInfo(**info)
     if spec.scaling.workers == 1:
-        loop.run(spec, info, TuneSession(dataset, spec.scaling.gpu), tune.get_context().get_trial_dir() + "/distgan", child)
+        loop.run(spec, info, TuneSession(dataset, spec.scaling.gpu, spec.scaling.cpus_per_worker), tune.get_context().get_trial_dir() + "/distgan", child)
         return
     _torch_trainer_trial(spec, info, child, dataset)
 
@@ -118,7 +122,7 @@ def _torch_trainer_trial(spec: JobSpec, info: DataInfo, child: dict | None, data
     trainer.fit()
 
 
-def _stopper(search: SearchSpec):
+def _stopper(search: SearchSpec, n_modes: int | None):
     from ray import tune
 
     class DivergenceStopper(tune.Stopper):
@@ -132,7 +136,7 @@ def _stopper(search: SearchSpec):
             if "loss_d" not in result:
                 return False
             progress = ["modes", "high_quality"] if search.metric == "mixture_score" else None
-            monitor = self.monitors.setdefault(trial_id, TrialMonitor(search.stop, search.metric, search.mode, progress))
+            monitor = self.monitors.setdefault(trial_id, TrialMonitor(search.stop, search.metric, search.mode, progress, n_modes))
             reason = monitor.update(result)
             if reason:
                 self.reasons[trial_id] = reason
@@ -251,7 +255,8 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
         per_trial = {"cpu": spec.scaling.cpus_per_worker, "gpu": int(spec.scaling.gpu)} if spec.scaling.workers == 1 else {"cpu": 0}
         # Tune's new console output ignores verbose=0; the legacy one honours it (our lines suffice)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        stopper = _stopper(search_spec) if search_spec.early_stop else None
+        n_modes = len(mixture_means(spec.data.name)) if info.kind == "mixture" else None
+        stopper = _stopper(search_spec, n_modes) if search_spec.early_stop else None
         reasons = stopper.reasons if stopper else {}
         log = _trial_log(echo, reasons, spec.train.steps, search_spec.metric, list(search_spec.space), search_spec.scheduler)
         tuner = tune.Tuner(

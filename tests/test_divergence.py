@@ -64,3 +64,9 @@ def test_progress_in_any_part_of_a_composite_score_counts():
     assert [composite.update(m) for m in stream][-1] == "no_progress"
     parts = TrialMonitor(StopRules(grace_evals=1, patience_evals=3), "mixture_score", "max", ["modes", "high_quality"])
     assert [parts.update(m) for m in stream] == [None] * 6
+
+
+def test_a_trial_that_never_spreads_out_is_mode_collapse():
+    stuck = [_healthy(0) | {"modes": 1.0, "high_quality": hq, "mixture_score": 1 + hq} for hq in (0.2, 0.4, 0.6, 0.8)]
+    mon = TrialMonitor(StopRules(grace_evals=3, patience_evals=10), "mixture_score", "max", ["modes", "high_quality"], n_modes=25)
+    assert [mon.update(m) for m in stuck] == [None, None, None, "mode_collapse"]
