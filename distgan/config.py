@@ -172,18 +172,24 @@ def _apply_override(tree: dict, assignment: str) -> None:
     node[keys[-1]] = value
 
 
+def read_yaml(path: Path, what: str, source: str) -> dict:
+    """A YAML mapping from `path`, or InputError naming `source` and what is wrong."""
+    if not path.is_file():
+        raise InputError(f"{what} {source!r} not found; give a YAML file such as jobs/grid25.yaml")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{what} {source!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise InputError(f"{what} {source!r} must be a mapping of sections (data, model, loss, ...)")
+    return tree
+
+
 def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> JobSpec:
     """Read a job spec (the built-in default job when `path` is None), apply overrides, validate."""
     source = str(path) if path is not None else "the default job"
     p = Path(path) if path is not None else DEFAULT_JOB
-    if not p.is_file():
-        raise InputError(f"job spec {source!r} not found; give a YAML file such as jobs/grid25.yaml")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"job spec {source!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise InputError(f"job spec {source!r} must be a mapping of sections (data, model, loss, ...)")
+    tree = read_yaml(p, "job spec", source)
     for assignment in overrides:
         _apply_override(tree, assignment)
     return validate_spec(tree, source=source)

@@ -26,41 +26,43 @@ def image_grid_png(images: np.ndarray, columns: int | None = None, scale: int = 
     return buf.getvalue()
 
 
-def scatter_png(samples: np.ndarray, means: np.ndarray, title: str = "") -> bytes:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def scatter_png(samples: np.ndarray, means: np.ndarray, title: str = "") -> bytes:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
     ax.scatter(means[:, 0], means[:, 1], s=30, marker="x", c="red", label="true modes")
     span = np.abs(means if len(means) else samples[:, :2]).max() * 1.5
     ax.set(xlim=(-span, span), ylim=(-span, span), title=title, aspect="equal")
     ax.legend(loc="upper right", fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return _figure_png(fig)
 
 
 def curves_png(series: dict[str, list[tuple[int, float]]], title: str) -> bytes:
     """One panel per metric: value over step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), dpi=100, squeeze=False)
     for ax, (name, points) in zip(axes[0], series.items()):
         steps, values = zip(*points)
         ax.plot(steps, values)
         ax.set(title=name, xlabel="step")
     fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return _figure_png(fig)
 
 
 STOP_COLORS = {"converged": "tab:green", "completed": "tab:blue", "asha": "tab:gray", "pbt": "tab:gray", "no_progress": "tab:olive",
@@ -69,11 +71,7 @@ STOP_COLORS = {"converged": "tab:green", "completed": "tab:blue", "asha": "tab:g
 
 def stability_map_png(trials: list[dict], keys: list[str]) -> bytes:
     """Each trial at its (first two numeric search keys), coloured by why it ended."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     numeric = [k for k in keys if all(isinstance(t["config"].get(k), (int, float)) for t in trials)]
     x_key, y_key = (numeric + [None, None])[:2]
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
@@ -88,18 +86,11 @@ def stability_map_png(trials: list[dict], keys: list[str]) -> bytes:
         ax.set_yscale("log")
     ax.set(xlabel=x_key or "trial", ylabel=y_key or "", title="stability map")
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return _figure_png(fig)
 
 
 def trial_curves_png(histories: dict[str, list[tuple[int, float]]], metric: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for trial_id, points in histories.items():
         if points:
@@ -108,7 +99,4 @@ def trial_curves_png(histories: dict[str, list[tuple[int, float]]], metric: str)
     ax.set(xlabel="step", ylabel=metric, title=f"{metric} of every trial")
     if len(histories) <= 16:
         ax.legend(fontsize=6)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return _figure_png(fig)

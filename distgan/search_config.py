@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distgan.config import JOBS_DIR, JobSpec, _apply_override, _describe, flatten, validate_spec
+from distgan.config import JOBS_DIR, JobSpec, _apply_override, _describe, flatten, read_yaml, validate_spec
 from distgan.divergence import StopRules
 from distgan.errors import InputError
 
@@ -63,18 +63,6 @@ class SearchSpec(BaseModel):
     pbt: PbtSpec = Field(default_factory=PbtSpec)
 
 
-def _read_yaml(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise InputError(f"{what} {str(path)!r} not found; give a YAML file such as jobs/search-grid25.yaml")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(tree, dict):
-        raise InputError(f"{what} {str(path)!r} must be a mapping")
-    return tree
-
-
 def _number(value):
     """YAML reads 1e-4 (no dot) as a string; a number is meant."""
     try:
@@ -104,7 +92,7 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
     """(the base job spec every trial starts from, the search spec)."""
     p = Path(path) if path is not None else DEFAULT_SEARCH
     source = str(path) if path is not None else "the default search"
-    tree = _read_yaml(p, "search spec")
+    tree = read_yaml(p, "search spec", source)
     base_name = tree.pop("base", None)
     search_tree = tree.pop("search", None)
     if search_tree is None:
@@ -115,7 +103,7 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise InputError(f"{source}: base {base_name!r} not found next to it or among the shipped jobs")
-        base = _read_yaml(found, "base job spec")
+        base = read_yaml(found, "base job spec", str(found))
     for section, values in tree.items():
         if isinstance(values, dict) and isinstance(base.get(section), dict):
             base[section] = {**base[section], **values}

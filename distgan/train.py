@@ -101,6 +101,9 @@ def train_loop_per_worker(config: dict) -> dict:
     # one small tensor into its bucket, and warns about it at every step otherwise.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     spec = JobSpec.model_validate(config["spec"])
+    # One torch thread per CPU the worker holds: Ray does not always set OMP_NUM_THREADS, and
+    # torch's default (one per core) oversubscribes the machine and stalls gloo all-reduces.
+    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     info = DataInfo(**config["data_info"])
     return loop.run(spec, info, RaySession(config["progress"]), config["record_dir"], config["tracking"])
 
