@@ -105,6 +105,8 @@ def test_two_workers_spread_over_two_nodes(tmp_path, mlflow_server, monkeypatch)
             "train.checkpoint_every=20", f"train.storage_path={tmp_path}", "train.name=spread",
         ])
         monkeypatch.chdir(tmp_path)
+        # in-process MLflow calls of earlier tests (mlflow.set_tracking_uri) leave this set
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         with pytest.raises(InputError, match="is a local SQLite file, but the cluster at .* has several nodes"):
             train.train(spec, address=cluster.address)  # the default tracking store cannot serve 3 nodes
         assert not (tmp_path / "spread").exists()
