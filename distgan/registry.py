@@ -22,7 +22,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distgan.errors import InputError
@@ -178,6 +177,3 @@ def promote(uri: str, name: str, version: str) -> dict:
     client.set_registered_model_alias(name, ALIAS, str(version))
     return {"name": name, "champion": int(version), "previous_champion": int(previous.version) if previous else None}
 
-
-def sample_latents(n: int, latent_dim: int, seed: int) -> np.ndarray:
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()

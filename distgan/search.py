@@ -27,9 +27,6 @@ from distgan.metrics.mixture import mixture_means
 from distgan.search_config import SearchSpec, apply_config, tune_space
 from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env, ray_runtime_env
 
-STOP_REASONS = ("converged", "diverged_nan", "d_collapse", "grad_explosion", "mode_collapse", "no_progress", "asha", "pbt", "completed", "failed")
-
-
 class TuneSession:
     """`loop.Session` for a one-worker trial running in its Tune trial process."""
 
