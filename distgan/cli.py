@@ -13,7 +13,7 @@ from distgan.errors import InputError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from distgan import config, train
+    from distgan import config, evaluation, train
 
     overrides = list(args.set)
     if args.workers is not None:
@@ -26,9 +26,7 @@ def _train(args: argparse.Namespace) -> int:
     tracking = train.Tracking(not args.no_tracking, args.tracking_uri, args.experiment, args.register, args.generator)
     result = train.train(spec, address=args.address, tracking=tracking)
     _write_json(args.json_out, result)
-    m = result["metrics"]
-    headline = "  ".join(f"{k} {m[k]:.3g}" for k in ("modes", "high_quality", "reverse_kl") if m.get(k) is not None)
-    print(f"{result['status']}: {result['steps']} steps in {result['wall_s']:.0f}s  {headline}  run {result['run_dir']}")
+    print(f"{result['status']}: {result['steps']} steps in {result['wall_s']:.0f}s  {evaluation.headline(result['metrics'])}  run {result['run_dir']}")
     if result["mlflow_run_id"]:
         registered = f"; registered {result['model_uri']}{' (champion)' if result['champion'] else ''}" if result["model_uri"] else ""
         print(f"mlflow run {result['mlflow_run_id']} at {result['tracking_uri']}{registered}")
@@ -102,6 +100,17 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from distgan import evaluation
+
+    result = evaluation.evaluate_generator(args.source, args.data, args.n, args.seed, args.feature_net, args.tracking_uri)
+    _write_json(args.json_out, result)
+    print(f"{result['source']} on {result['dataset']} ({result['n']} samples): {evaluation.headline(result['metrics'])}")
+    for k, v in sorted(result["metrics"].items()):
+        print(f"  {k:18} {v:.5g}")
+    return 0
+
+
 def _datasets(args: argparse.Namespace) -> int:
     from distgan import data
 
@@ -158,6 +167,16 @@ def parser() -> argparse.ArgumentParser:
     p_.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default as for train)")
     p_.add_argument("--json-out", metavar="FILE")
     p_.set_defaults(fn=_pull)
+
+    e = sub.add_parser("eval", help="quality metrics of a generator: a model URI, a run directory or a checkpoint")
+    e.add_argument("source", help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/generator, a run directory or a checkpoint")
+    e.add_argument("--data", help="a built-in dataset or a job spec (its data and metrics sections); default: the generator's own")
+    e.add_argument("--n", type=int, help="samples (default: metrics.final_samples, 10,000, for images; 2,500 x 10 seeds for mixtures)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--feature-net", help="digits, inception or a TorchScript file (default: metrics.feature_net of the spec)")
+    e.add_argument("--tracking-uri", help="MLflow tracking/registry URI, for model URIs (default as for train)")
+    e.add_argument("--json-out", metavar="FILE")
+    e.set_defaults(fn=_eval)
 
     d = sub.add_parser("datasets", help="list the data sources")
     d.set_defaults(fn=_datasets)

@@ -98,6 +98,17 @@ class TrainSpec(Section):
     storage_path: str | None = None  # where runs live (default ./distgan_runs)
 
 
+class MetricsSpec(Section):
+    """Image quality (see distgan.metrics): which feature network, and how many samples."""
+
+    # auto: `digits` for the built-in digits, else `inception` when its weights are cached, else
+    # none; or digits | inception | none | a TorchScript file ([N,C,H,W] in [-1,1] -> [N,F]).
+    feature_net: str = "auto"
+    feature_name: str | None = Field(None, pattern=r"^[a-z0-9_]+$")  # names a TorchScript net's metrics
+    final_samples: int = Field(10000, ge=16)  # generated samples for the final metrics (train.eval_samples during training)
+    reference_samples: int = Field(10000, ge=16)  # real images in the cached reference features
+
+
 class ScalingSpec(Section):
     workers: int = Field(1, ge=1, le=1024)
     gpu: bool = False
@@ -111,6 +122,7 @@ class JobSpec(Section):
     loss: LossSpec = Field(default_factory=LossSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ import torch
 from distgan import models, plots, registry
 from distgan.config import ModelSpec
 from distgan.errors import InputError
+from distgan.tracking import configure_env, mlflow_client, resolve_uri
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))$")
 RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>[\w\-./]+)$")
@@ -28,11 +29,9 @@ FORMATS = ("png", "npy", "parquet")
 
 def check_uri(uri: str, tracking_uri: str) -> str:
     """The URI itself if it names something that exists, else InputError listing what does."""
-    from distgan.tracking import _client
-
     m = MODEL_URI.match(uri)
     if m:
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         registry.require_version(client, m["name"], version=m["version"], alias=m["alias"])
         return uri
     r = RUN_URI.match(uri)
@@ -40,7 +39,7 @@ def check_uri(uri: str, tracking_uri: str) -> str:
         from mlflow.exceptions import MlflowException
 
         try:
-            _client(tracking_uri).get_run(r["run_id"])
+            mlflow_client(tracking_uri).get_run(r["run_id"])
         except MlflowException:
             raise InputError(f"no MLflow run {r['run_id']} at {tracking_uri}") from None
         return uri
@@ -51,14 +50,10 @@ def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.
     """(generator in eval mode, its meta: model spec, sample_shape, latent_dim, dataset, kind)."""
     import mlflow
 
-    from distgan.tracking import configure_env, resolve_uri
-
     tracking_uri = resolve_uri(tracking_uri)
     check_uri(uri, tracking_uri)
     configure_env()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)) / "artifacts"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)) / "artifacts"
     meta = json.loads((local / "generator.json").read_text())
     generator, _ = models.build(ModelSpec.model_validate(meta["model"]), tuple(meta["sample_shape"]))
     generator.load_state_dict(torch.load(local / "generator.pt", map_location="cpu", weights_only=True))

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distgan import data, engine, models, plots
+from distgan import data, engine, models
 from distgan.config import JobSpec
 from distgan.data import DataInfo
-from distgan.metrics.mixture import MIXTURE_STD, mixture_means, mixture_quality, mixture_quality_over_seeds
+from distgan.evaluation import Evaluator
 from distgan.tracking import RunRecord
 
 CHECKPOINT_FILE = "state.pt"
@@ -79,34 +79,6 @@ def _maybe_fail(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class Evaluator:
-    """Quality of the EMA generator, and a picture of its samples (rank 0 only)."""
-
-    def __init__(self, spec: JobSpec, info: DataInfo, device: torch.device):
-        self.spec, self.info, self.device = spec, info, device
-        if info.kind == "mixture":
-            self.means, self.std = mixture_means(info.name), MIXTURE_STD[info.name]
-
-    def _sample(self, G, n: int, seed: int) -> np.ndarray:
-        return engine.sample(G, n, self.spec.model.latent_dim, self.device, seed).numpy()
-
-    def evaluate(self, G, step: int, final: bool, record: RunRecord) -> dict[str, float]:
-        n, seed = self.spec.train.eval_samples, self.spec.train.seed
-        if self.info.kind == "mixture":
-            samples = self._sample(G, n, seed)
-            record.log_image(plots.scatter_png(samples, self.means, f"step {step}"), f"samples_{step:07d}.png")
-            if final:  # the headline figures: mean and standard error over seeds (PacGAN protocol)
-                seeds = [seed + 1000 + i for i in range(self.spec.train.final_eval_seeds)]
-                q = mixture_quality_over_seeds(lambda k, s: self._sample(G, k, s), self.means, self.std, seeds, n)
-            else:
-                q = mixture_quality(samples, self.means, self.std)
-            # One number that orders runs as (modes, then high_quality) do: for search and ranking.
-            return q | {"mixture_score": q["modes"] + q["high_quality"]}
-        if self.info.kind == "image":
-            record.log_image(plots.image_grid_png(self._sample(G, 64, seed)), f"samples_{step:07d}.png")
-        return {}
-
-
 def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None, tracking: dict | None = None) -> dict:
     """Train to `spec.train.steps` generator steps (resuming from the latest checkpoint); rank 0's
     result dict is the run's result."""
@@ -141,7 +113,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
     record = RunRecord(record_dir, tracking, warn=session.progress) if is_chief and record_dir else None
     if record and start == 0:
         record.log_spec(spec.model_dump(mode="json"))
-    evaluator = Evaluator(spec, info, device) if is_chief else None
+    evaluator = Evaluator(spec, info, device, rank, world, _gather)
 
     totals: dict[str, float] = {}
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
@@ -162,8 +134,12 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
         metrics |= {"step_time": elapsed / interval_steps, "img_per_s": interval_steps * t.batch_size / elapsed}
         metrics |= {"lr_g": eng.opt_g.param_groups[0]["lr"], "lr_d": eng.opt_d.param_groups[0]["lr"]}
         diverged = _any_rank(not all(np.isfinite(list(metrics.values()))), device)
-        if is_chief and evaluate:
+        if evaluate:
+            # A collective for image metrics (each rank samples its share); the numbers land on rank 0.
+            eval_start = time.perf_counter()
             metrics |= evaluator.evaluate(eng.G_ema, step, final=step == t.steps, record=record)
+            metrics["eval_s"] = time.perf_counter() - eval_start
+        if is_chief and evaluate:
             record.log_metrics(metrics, step)
             session.progress(_progress_line(step, t.steps, metrics, time.perf_counter() - run_start, step - start))
         if diverged:
@@ -210,5 +186,10 @@ def _progress_line(step: int, total: int, m: dict, elapsed: float, done: int) ->
     parts = [f"step {step:>{len(str(total))}}/{total}", f"loss_d {m['loss_d']:.3f}", f"loss_g {m['loss_g']:.3f}", f"{m['img_per_s']:,.0f} img/s"]
     if "modes" in m:
         parts.append(f"modes {m['modes']:.1f}  hq {m['high_quality']:.1%}  rkl {m['reverse_kl']:.3f}")
+    fd = next((k for k in m if k.startswith("fd_")), None)
+    if fd:
+        parts.append(f"{fd} {m[fd]:.3g}  prec {m['precision']:.2f}  rec {m['recall']:.2f}")
+    if "classes_covered" in m:
+        parts.append(f"classes {m['classes_covered']:.0%}")
     parts.append(f"eta {eta:.0f}s")
     return " | ".join(parts)

@@ -10,8 +10,10 @@ A logged generator holds (as model artifacts):
 
 Champion rule: a new version takes the alias `champion` only when its headline quality beats the
 current champion's. Headline per dataset kind: 2-D mixtures compare (`modes`, then
-`high_quality`), higher is better; for data with no quality metric yet (images) a new version
-takes `champion` only when there is none. `promote` moves it by hand.
+`high_quality`), higher is better; images compare the Fréchet distance `fd_<featurenet>`, lower is
+better, and only when both versions were measured with the same feature network (a version
+measured with another network, or with none, never takes `champion` from one that has a number).
+The first version of a name always takes it. `promote` moves it by hand.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from pathlib import Path
 import torch
 
 from distgan.errors import InputError
+from distgan.tracking import configure_env, fluent_uri, mlflow_client
 
 ALIAS = "champion"
 PYFUNC_FILE = Path(__file__).with_name("generator_pyfunc.py")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
-HEADLINE = {"mixture": ("modes", "high_quality")}
+QUALITY_KEYS = ("modes", "high_quality", "reverse_kl", "precision", "recall", "density", "coverage", "classes_covered", "class_kl")
 
 
 def check_name(name: str) -> None:
@@ -37,18 +40,10 @@ def check_name(name: str) -> None:
         raise InputError(f"model name {name!r}: use letters, digits, '_', '-', '.' (e.g. grid25-gan)")
 
 
-def _client(uri: str):
-    from distgan.tracking import _client
-
-    return _client(uri)
-
-
 def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
     """Log `generator` (eval mode) to the run; returns its model URI. `meta`: model spec,
     sample_shape, latent_dim, dataset, kind."""
     import mlflow
-
-    from distgan.tracking import configure_env
 
     configure_env()
     generator = generator.eval().cpu()
@@ -61,8 +56,7 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
         Path(f"{tmp}/generator.json").write_text(json.dumps(meta))
         with torch.no_grad():
             signature = mlflow.models.infer_signature(example.numpy(), generator(example).numpy())
-        mlflow.set_tracking_uri(uri)
-        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):  # the caller sets the final status
+        with fluent_uri(uri), warnings.catch_warnings(), mlflow.start_run(run_id=run_id):  # the caller sets the final status
             warnings.simplefilter("ignore")  # type-hint and input-example nags of models-from-code
             info = mlflow.pyfunc.log_model(
                 name="generator",
@@ -75,11 +69,18 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
     return info.model_uri
 
 
-def _headline(kind: str, metrics: dict) -> tuple | None:
-    keys = HEADLINE.get(kind)
-    if not keys or any(metrics.get(k) is None for k in keys):
-        return None
-    return tuple(float(metrics[k]) for k in keys)
+def _is_quality(key: str) -> bool:
+    return key in QUALITY_KEYS or key.startswith(("fd_", "kid_"))
+
+
+def _headline(kind: str, metrics: dict) -> tuple[str, tuple] | None:
+    """(what was measured, values where higher is better), or None when there is no number."""
+    if kind == "mixture" and all(metrics.get(k) is not None for k in ("modes", "high_quality")):
+        return "mixture", (float(metrics["modes"]), float(metrics["high_quality"]))
+    fd = sorted(k for k in metrics if k.startswith("fd_") and not k.endswith("_se") and metrics[k] is not None)
+    if kind == "image" and fd:
+        return fd[0], (-float(metrics[fd[0]]),)
+    return None
 
 
 def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags: dict, description: str) -> dict:
@@ -87,11 +88,11 @@ def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags
     {"version", "model_uri", "champion": bool, "previous_champion"}."""
     import mlflow
 
-    client = _client(uri)
-    mlflow.set_registry_uri(uri)
-    quality = {k: v for k, v in metrics.items() if k in ("modes", "high_quality", "reverse_kl") and v is not None}
+    client = mlflow_client(uri)
+    quality = {k: v for k, v in metrics.items() if _is_quality(k) and v is not None}
     version_tags = {**tags, "distgan.kind": kind, **{f"metric.{k}": str(v) for k, v in quality.items()}}
-    mv = mlflow.register_model(model_uri, name, tags=version_tags)
+    with fluent_uri(uri):
+        mv = mlflow.register_model(model_uri, name, tags=version_tags)
     client.update_model_version(name, mv.version, description=description)
     current = _champion(client, name)
     mine = _headline(kind, quality)
@@ -99,7 +100,7 @@ def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags
         take = True
     else:
         theirs = _headline(current.tags.get("distgan.kind", ""), {k.removeprefix("metric."): v for k, v in current.tags.items() if k.startswith("metric.")})
-        take = mine is not None and (theirs is None or mine > theirs)
+        take = mine is not None and (theirs is None or (mine[0] == theirs[0] and mine[1] > theirs[1]))
     if take:
         client.set_registered_model_alias(name, ALIAS, mv.version)
     return {
@@ -145,7 +146,7 @@ def require_version(client, name: str, version: str | None = None, alias: str | 
 
 
 def list_models(uri: str) -> list[dict]:
-    client = _client(uri)
+    client = mlflow_client(uri)
     out = []
     for m in sorted(client.search_registered_models(), key=lambda m: m.name):
         latest = max((int(v.version) for v in client.search_model_versions(f"name='{m.name}'")), default=None)
@@ -154,7 +155,7 @@ def list_models(uri: str) -> list[dict]:
 
 
 def show_model(uri: str, name: str) -> dict:
-    client = _client(uri)
+    client = mlflow_client(uri)
     model = require_model(client, name)
     aliases_of: dict[str, list[str]] = {}
     for alias, version in model.aliases.items():
@@ -171,7 +172,7 @@ def show_model(uri: str, name: str) -> dict:
 
 
 def promote(uri: str, name: str, version: str) -> dict:
-    client = _client(uri)
+    client = mlflow_client(uri)
     require_version(client, name, version=str(version))
     previous = _champion(client, name)
     client.set_registered_model_alias(name, ALIAS, str(version))

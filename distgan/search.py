@@ -67,7 +67,7 @@ def _child_run(uri: str, parent: dict, trial_id: str, config: dict) -> str:
     """This trial's nested MLflow run: found again after a restore, created once."""
     from mlflow.entities import Param
 
-    client = tracking_lib._client(uri)
+    client = tracking_lib.mlflow_client(uri)
     found = client.search_runs(
         [parent["experiment_id"]],
         filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}' and tags.`distgan.trial_id` = '{trial_id}'",
@@ -239,7 +239,7 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
                                               run_dir, {"distgan.kind": "search", "dataset": spec.data.name})
             from mlflow.entities import Param
 
-            client = tracking_lib._client(uri)
+            client = tracking_lib.mlflow_client(uri)
             search_params = {f"search.space.{k}": v for k, v in search_spec.space.items()} | {f"search.{k}": v for k, v in search_spec.model_dump(exclude={"space"}).items()}
             client.log_batch(parent_id, params=[Param(k, str(v)[:500]) for k, v in search_params.items()])
             exp_id = client.get_run(parent_id).info.experiment_id
@@ -356,7 +356,7 @@ def _record(doc: dict, parent: dict, trials: list[dict], spec: JobSpec, info: Da
 
     from distgan import plots
 
-    uri, client = parent["uri"], tracking_lib._client(parent["uri"])
+    uri, client = parent["uri"], tracking_lib.mlflow_client(parent["uri"])
     for t in trials:
         found = client.search_runs([parent["experiment_id"]], filter_string=f"tags.`distgan.trial_id` = '{t['trial_id']}'")
         for run in found:

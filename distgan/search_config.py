@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from distgan.config import JOBS_DIR, JobSpec, _apply_override, _describe, flatten, read_yaml, validate_spec
 from distgan.divergence import StopRules
 from distgan.errors import InputError
+from distgan.metrics import features
 
 DEFAULT_SEARCH = JOBS_DIR / "search-grid25.yaml"
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": None, "grid": None}
@@ -53,7 +54,7 @@ class SearchSpec(BaseModel):
     space: dict[str, dict[str, Any]]
     trials: int = Field(16, ge=1)
     metric: str | None = None
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] | None = None  # default: min for distances (fd_*, kid_*, *_kl), else max
     scheduler: Literal["asha", "pbt", "none"] = "asha"
     early_stop: bool = True  # the divergence stopper
     max_concurrent: int = Field(2, ge=1)
@@ -154,14 +155,23 @@ def _check_space(spec: JobSpec, search: SearchSpec, source: str) -> None:
             raise InputError(f"{source}: search.pbt.mutate key '{key}' must be in search.space with a loguniform/uniform range")
     if search.scheduler == "pbt" and spec.scaling.workers > 1:
         raise InputError(f"{source}: scheduler pbt runs one-worker trials; set scaling.workers=1")
-    kind = data.inspect(spec.data).kind
-    reported = LOOP_METRICS | QUALITY[kind]
+    info = data.inspect(spec.data)
+    reported, headline = LOOP_METRICS | QUALITY[info.kind], HEADLINE.get(info.kind)
+    net = features.resolve(spec.metrics.feature_net, info.name, info.sample_shape) if info.kind == "image" else None
+    if net:  # image metrics are named after their feature network
+        name = features.network_name(net, spec.metrics.feature_name)
+        headline = f"fd_{name}"
+        reported |= {f"fd_{name}", f"kid_{name}", "precision", "recall", "density", "coverage"}
+        reported |= {"classes_covered", "class_kl"} if net == "digits" else set()
     if search.metric is None:
-        if kind not in HEADLINE:
-            raise InputError(f"{source}: {spec.data.name} has no headline quality metric yet; set search.metric (one of {', '.join(sorted(reported))})")
-        search.metric = HEADLINE[kind]
+        if headline is None:
+            raise InputError(f"{source}: {spec.data.name} has no headline quality metric (no feature network); set search.metric "
+                             f"(one of {', '.join(sorted(reported))}) or metrics.feature_net")
+        search.metric = headline
     elif search.metric not in reported:
         raise InputError(f"{source}: search.metric '{search.metric}' is not reported for {spec.data.name} data; choose one of {', '.join(sorted(reported))}")
+    if search.mode is None:
+        search.mode = "min" if search.metric.startswith(("fd_", "kid_", "loss_")) or search.metric.endswith("_kl") else "max"
 
 
 def apply_config(tree: dict, config: dict[str, Any]) -> dict:

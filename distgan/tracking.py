@@ -13,6 +13,7 @@ metric series have neither gaps nor duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -80,11 +81,34 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """An MlflowClient for tracking and registry at `uri` (MLflow's settings for distgan applied)."""
     from mlflow.tracking import MlflowClient
 
     configure_env()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str):
+    """MLflow's fluent API (log_model, register_model) pointed at `uri` for the block only.
+    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, where Ray would copy
+    it to the workers of a later run in this process: restore what the caller had."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _git_commit() -> str | None:
@@ -102,7 +126,7 @@ def open_run(uri: str, experiment: str, spec, run_dir: Path, tags: dict[str, str
     from distgan import __version__
     from distgan.config import flatten
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     saved = run_dir / "distgan" / "mlflow.json"
     if saved.exists():
         previous = json.loads(saved.read_text())
@@ -130,7 +154,7 @@ def close_run(uri: str, run_id: str, status: str) -> None:
 
     from distgan import plots
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     for name, keys in (("losses", ["loss_d", "loss_g"]), ("quality", ["modes", "high_quality", "reverse_kl"])):
         series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
         series = {k: sorted(v) for k, v in series.items() if v}
@@ -146,7 +170,7 @@ class _Sender(threading.Thread):
         super().__init__(daemon=True, name="distgan-mlflow-sender")
         self.uri, self.run_id, self.warn = uri, run_id, warn
         self.pending: queue.Queue = queue.Queue()
-        self.delivered = 0
+        self.delivered, self.last_step = 0, 0
 
     def put(self, kind: str, payload) -> None:
         self.pending.put((kind, payload))
@@ -156,12 +180,15 @@ class _Sender(threading.Thread):
 
         if kind == "metrics":
             step, values, ts = payload
+            if step <= self.last_step:  # recorded before a restart: a step is recorded once
+                return
+            self.last_step = step
             client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
         else:  # "artifact": (local file, artifact dir)
             client.log_artifact(self.run_id, *payload)
 
     def run(self) -> None:
-        client = _client(self.uri)
+        client = None
         while True:
             item = self.pending.get()
             if item is None:
@@ -169,6 +196,10 @@ class _Sender(threading.Thread):
             down_since = None
             while True:
                 try:
+                    if client is None:  # first contact: what an earlier attempt of this run already recorded
+                        fresh = mlflow_client(self.uri)
+                        self.last_step = max((m.step for m in fresh.get_metric_history(self.run_id, "loss_d")), default=0)
+                        client = fresh
                     self._send(client, *item)
                     break
                 except Exception as e:
@@ -195,10 +226,8 @@ class RunRecord:
         (self.dir / "images").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.last_local_step = max((r["step"] for r in self.metric_history()), default=0)
-        self.sender, self.last_mlflow_step = None, 0
-        if tracking:
-            client = _client(tracking["uri"])
-            self.last_mlflow_step = max((m.step for m in client.get_metric_history(tracking["run_id"], "loss_d")), default=0)
+        self.sender = None
+        if tracking:  # everything MLflow (import, client, history) happens on the sender's thread
             self.sender = _Sender(tracking["uri"], tracking["run_id"], warn)
             self.sender.start()
 
@@ -210,9 +239,8 @@ class RunRecord:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
             self.last_local_step = step
-        if self.sender and step > self.last_mlflow_step:
+        if self.sender:
             self.sender.put("metrics", (step, dict(metrics), int(time.time() * 1000)))
-            self.last_mlflow_step = step
 
     def log_image(self, png: bytes, name: str) -> None:
         path = self.dir / "images" / name

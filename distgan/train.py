@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from distgan import data, loop, models, registry
+from distgan import data, evaluation, loop, models, registry
 from distgan import tracking as tracking_lib
 from distgan.config import JobSpec
 from distgan.data import DataInfo
 from distgan.errors import InputError
+from distgan.metrics import features
 from distgan.tracking import read_spec
 
 # Env vars every Ray worker gets: telemetry off (a lost batch offline otherwise, DESIGN.md) and
@@ -114,6 +115,9 @@ def preflight(spec: JobSpec) -> DataInfo:
     problem = models.check_compatible(spec.model, info.sample_shape)
     if problem:
         raise InputError(problem)
+    net = feature_net(spec, info)
+    if net:
+        features.check(net, info.sample_shape, spec.metrics.feature_name)
     per_worker = spec.train.batch_size // spec.scaling.workers
     if info.num_rows is not None and info.num_rows // spec.scaling.workers < per_worker:
         raise InputError(
@@ -121,6 +125,11 @@ def preflight(spec: JobSpec) -> DataInfo:
             f"than the per-worker batch {per_worker}; lower train.batch_size or scaling.workers"
         )
     return info
+
+
+def feature_net(spec: JobSpec, info: DataInfo) -> str | None:
+    """The feature network the image metrics will use (None: none, or not image data)."""
+    return features.resolve(spec.metrics.feature_net, info.name, info.sample_shape) if info.kind == "image" else None
 
 
 def _check_cluster(spec: JobSpec, address: str | None) -> None:
@@ -213,9 +222,14 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
                     f"tracking URI {uri} is a local SQLite file, but the cluster at {address} has several nodes: "
                     f"start an `mlflow server` and pass --tracking-uri http://HOST:PORT"
                 )
+        net = feature_net(spec, info)
+        if info.kind == "image" and net is None:
+            echo(f"note: no feature network for {spec.data.name} data, so no image metrics (set metrics.feature_net; see README)")
         run_id = None
         if uri:
             tags = {"workers": str(spec.scaling.workers), "device": "cuda" if spec.scaling.gpu else "cpu", "dataset": spec.data.name}
+            if info.kind == "image":
+                tags["feature_net"] = features.network_name(net, spec.metrics.feature_name) if net else "none"
             run_id = tracking_lib.open_run(uri, tracking.experiment, spec, run_dir, tags)
         datasets = {"train": data.ray_dataset(spec.data, info)} if info.uses_ray_data else None
         progress = Queue(actor_options={"num_cpus": 0})
@@ -316,10 +330,9 @@ def _log_and_register(doc: dict, spec: JobSpec, info: DataInfo, uri: str, run_id
     }
     doc["logged_model_uri"] = registry.log_generator(uri, run_id, generator, meta)
     if tracking.register:
-        m = doc["metrics"]
-        quality = ", ".join(f"{k} {m[k]:.3g}" for k in ("modes", "high_quality", "reverse_kl") if m.get(k) is not None)
+        quality = evaluation.headline(doc["metrics"])
         reg = registry.register(
-            uri, doc["logged_model_uri"], tracking.register, info.kind, m,
+            uri, doc["logged_model_uri"], tracking.register, info.kind, doc["metrics"],
             tags={"dataset": spec.data.name, "job": spec.train.name, "run_id": run_id, "generator": tracking.generator},
             description=f"{spec.model.arch} generator ({tracking.generator}) trained on {spec.data.name} for {doc['steps']} steps"
             + (f"; {quality}" if quality else ""),

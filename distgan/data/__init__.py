@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from distgan.config import DataSpec
@@ -78,6 +79,19 @@ def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
             raise RuntimeError(f"this worker's data shard has fewer than {batch_size} rows")
         epoch += 1
+
+
+def real_images(spec: DataSpec, info: DataInfo, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to `limit` real images as [N, C, H, W] float32 in [-1, 1], and their class labels when
+    the data has them (the built-in digits): the reference side of the image metrics."""
+    if spec.name == "digits":
+        keep = files._spread(info.num_rows, limit)
+        return builtin.digits_array()[keep], builtin.digits_labels()[keep]
+    if spec.name == "parquet":
+        return files.read_parquet_images(spec.path, spec.column, info.sample_shape[0], limit), None
+    if spec.name == "imagefolder":
+        return files.read_folder_images(spec.path, info.sample_shape[0], limit), None
+    raise ValueError(f"{spec.name} holds no images")
 
 
 def describe() -> list[tuple[str, str]]:

@@ -139,3 +139,19 @@ def image_folder_dataset(path: str, sample_shape: tuple[int, int, int]):
     mode = "L" if sample_shape[0] == 1 else "RGB"
     ds = ray.data.read_images(path, mode=mode, file_extensions=[s[1:] for s in IMAGE_SUFFIXES])
     return ds.map_batches(lambda b: {"x": _to_unit_range(np.asarray(b["image"]))}, batch_format="numpy")
+
+
+def _spread(n: int, limit: int) -> np.ndarray:
+    """`limit` indices spread evenly over n rows (data is often sorted by class)."""
+    return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))
+
+
+def read_parquet_images(path: str, column: str, channels: int, limit: int) -> np.ndarray:
+    """Up to `limit` images of a Parquet column, spread over all rows: [N, C, H, W] in [-1, 1]."""
+    blobs = [b for f in _parquet_files(path) for b in pq.read_table(f, columns=[column]).column(column).to_pylist()]
+    return _decode([blobs[i] for i in _spread(len(blobs), limit)], channels)
+
+
+def read_folder_images(path: str, channels: int, limit: int) -> np.ndarray:
+    files = sorted(f for f in Path(path).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    return _decode([files[i].read_bytes() for i in _spread(len(files), limit)], channels)

@@ -1,0 +1,102 @@
+"""The image-quality path end to end, without Ray: feature networks, cached reference features,
+and the Evaluator on generators built from real digits (a healthy one, and one collapsed to a class)."""
+
+import numpy as np
+import pytest
+import torch
+
+from distgan import config, data
+from distgan.errors import InputError
+from distgan.evaluation import Evaluator
+from distgan.metrics import digits_net, features, reference
+
+
+class RealDigits(torch.nn.Module):
+    """A 'generator' that returns real digits picked by its latents: the best a GAN can do."""
+
+    def __init__(self, images: np.ndarray):
+        super().__init__()
+        self.register_buffer("pool", torch.from_numpy(images))
+
+    def forward(self, z):
+        idx = (z[:, 0].abs() * 1e6).long() % len(self.pool)
+        return self.pool[idx]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTGAN_CACHE", str(tmp_path / "cache"))
+
+
+def _digits_evaluator(**metrics):
+    spec = config.load_spec(config.JOBS_DIR / "digits.yaml", [f"metrics.{k}={v}" for k, v in metrics.items()])
+    return Evaluator(spec, data.inspect(spec.data), torch.device("cpu"))
+
+
+def test_shipped_digits_net_classifies_held_out_digits():
+    from distgan.data.builtin import digits_array, digits_labels
+
+    _, held_out = digits_net.split()
+    net = features.load("digits")
+    predicted = net.predict(torch.from_numpy(digits_array()[held_out]))
+    assert (predicted == digits_labels()[held_out]).mean() > 0.98
+    assert net.features(torch.zeros(3, 1, 8, 8)).shape == (3, digits_net.FEATURE_DIM)
+
+
+def test_real_digits_score_well_and_a_collapsed_generator_does_not():
+    from distgan.data.builtin import digits_array, digits_labels
+
+    ev = _digits_evaluator()
+    x, y = digits_array(), digits_labels()
+    good = ev.image_metrics(RealDigits(x), 3000, seed=0)
+    collapsed = ev.image_metrics(RealDigits(x[y == 3]), 3000, seed=0)
+    assert good["classes_covered"] == 1.0 and good["class_kl"] < 0.02
+    assert good["precision"] > 0.9 and good["recall"] > 0.9
+    assert collapsed["classes_covered"] == 0.1
+    assert collapsed["recall"] < 0.2
+    assert collapsed["fd_digits"] > 50 * good["fd_digits"]
+    assert collapsed["kid_digits"] > 0 and collapsed["kid_digits"] > 10 * collapsed["kid_digits_se"]
+
+
+def test_reference_features_are_cached_by_fingerprint(tmp_path):
+    from distgan.data.builtin import digits_array
+
+    net = features.load("digits")
+    x = digits_array()[:300]
+    first = reference.reference(x, None, net)
+    files = list(reference.cache_dir().glob("digits-*.npz"))
+    assert [f.stem for f in files] == [f"digits-{first.fingerprint}"]
+    again = reference.reference(x, None, net)
+    np.testing.assert_array_equal(again.features, first.features)
+    assert again.fingerprint == first.fingerprint
+    other = reference.reference(x[::-1].copy(), None, net)  # other data, other key
+    assert other.fingerprint != first.fingerprint and len(list(reference.cache_dir().glob("*.npz"))) == 2
+
+
+def test_metric_names_carry_a_torchscript_network(tmp_path):
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 6)))
+    path = tmp_path / "tiny_net.pt"
+    net.save(str(path))
+    ev = _digits_evaluator(feature_net=str(path))
+    from distgan.data.builtin import digits_array
+
+    q = ev.image_metrics(RealDigits(digits_array()), 500, seed=0)
+    assert "fd_tiny_net" in q and "kid_tiny_net" in q and "fd_digits" not in q
+    assert "classes_covered" not in q  # a feature net without a classifier head: no class metrics
+
+
+def test_feature_net_refusals(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="takes 1x8x8 images; this data is 3x32x32"):
+        features.check("digits", (3, 32, 32))
+    with pytest.raises(InputError, match="no such TorchScript file"):
+        features.check(str(tmp_path / "missing.pt"), (1, 8, 8))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert not features.inception_cached()
+    assert features.resolve("auto", "imagefolder", (3, 32, 32)) is None  # never a silent download
+    with pytest.raises(InputError, match="inception"):
+        features.check("inception", (3, 32, 32))
+
+
+def test_auto_picks_the_digits_net_for_digits():
+    assert features.resolve("auto", "digits", (1, 8, 8)) == "digits"
+    assert features.resolve("none", "digits", (1, 8, 8)) is None
