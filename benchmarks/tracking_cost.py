@@ -1,13 +1,13 @@
 """What MLflow tracking costs.
 
-1. The default grid25 job (1 worker) with tracking off, then on (MLflow's default SQLite store in a
-   temp dir): total wall time of `train()` each, and the ratio on/off.
+1. The default grid25 job (1 worker) with tracking off and on, in pairs run off/on/on/off (MLflow's
+   default SQLite store in a temp dir): total wall time of `train()` each, and the ratio on/off.
 2. `log_model` + `register` of the grid25 generator against a local `mlflow server`: first call in
    the process (cold) and a second one (warm).
 3. `distgan pull models:/NAME@champion` as a user runs it: wall time of the whole command,
    Python start included.
 
-    python benchmarks/tracking_cost.py [--steps 5000] [--skip-overhead]
+    python benchmarks/tracking_cost.py [--steps 5000] [--pairs 2] [--skip-overhead]
 """
 
 from __future__ import annotations
@@ -36,19 +36,25 @@ def timed_train(spec, tracking: train.Tracking) -> tuple[float, dict]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--pairs", type=int, default=2, help="on/off pairs, run in ABBA order (default 2)")
     p.add_argument("--skip-overhead", action="store_true")
     args = p.parse_args()
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     with tempfile.TemporaryDirectory(prefix="dgb-") as tmp:
         tmp = Path(tmp)
         if not args.skip_overhead:
-            walls = {}
-            for mode in ("off", "on"):
-                spec = config.load_spec(None, [f"train.steps={args.steps}", f"train.storage_path={tmp / 'runs'}", f"train.name=tracking-{mode}"])
-                walls[mode], res = timed_train(spec, train.Tracking(enabled=mode == "on", tracking_uri=f"sqlite:///{tmp}/mlflow.db"))
+            # off, on, on, off, ...: drift in the machine's speed hits both sides alike
+            walls: dict[str, list[float]] = {"off": [], "on": []}
+            order = [m for i in range(args.pairs) for m in (("off", "on") if i % 2 == 0 else ("on", "off"))]
+            for i, mode in enumerate(order):
+                spec = config.load_spec(None, [f"train.steps={args.steps}", f"train.storage_path={tmp / 'runs'}", f"train.name=tracking-{i}-{mode}"])
+                wall, res = timed_train(spec, train.Tracking(enabled=mode == "on", tracking_uri=f"sqlite:///{tmp}/mlflow.db"))
                 assert res["status"] == "finished", res
-            print(f"default grid25 job, {args.steps} steps, 1 worker: tracking off {walls['off']:.1f}s, on {walls['on']:.1f}s "
-                  f"(sqlite store, incl. model logging); ratio on/off {walls['on'] / walls['off']:.3f}  (target <= 1.05)")
+                walls[mode].append(wall)
+                print(f"  run {i + 1}/{len(order)} tracking {mode}: {wall:.1f}s", flush=True)
+            on, off = sum(walls["on"]), sum(walls["off"])
+            print(f"default grid25 job, {args.steps} steps, 1 worker, {args.pairs} pair(s): tracking off {off / args.pairs:.1f}s, "
+                  f"on {on / args.pairs:.1f}s on average (sqlite store, incl. model logging); ratio on/off {on / off:.3f}  (target <= 1.05)")
 
         server = MlflowServer(tmp / "server").start()
         try:

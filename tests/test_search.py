@@ -46,6 +46,18 @@ def test_default_search_spec_is_valid():
     assert spec.data.name == "grid25" and s.trials == 16 and s.metric == "mixture_score" and s.scheduler == "asha"
 
 
+def test_image_search_ranks_by_the_feature_networks_fd_lower_is_better(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"base": "digits.yaml", "search": {"space": {"optim.lr_g": {"loguniform": [1.0e-4, 1.0e-3]}}}}))
+    _, s = search_config.load_search(tmp_path / "s.yaml")
+    assert s.metric == "fd_digits" and s.mode == "min"
+    _, s = search_config.load_search(tmp_path / "s.yaml", ["search.metric=classes_covered"])
+    assert s.mode == "max"
+    with pytest.raises(InputError, match="search.metric 'fd_inception' is not reported for digits data"):
+        search_config.load_search(tmp_path / "s.yaml", ["search.metric=fd_inception"])
+    with pytest.raises(InputError, match="no headline quality metric"):
+        search_config.load_search(tmp_path / "s.yaml", ["metrics.feature_net=none"])
+
+
 def _search_spec(tmp_path, space: dict, **search_keys) -> str:
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump({

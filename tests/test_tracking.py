@@ -78,6 +78,24 @@ def test_champion_rule_and_promote(mlflow_server, tmp_path):
     assert r.returncode == 0 and "champ-test" in r.stdout and "@champion=v2" in r.stdout
 
 
+
+def test_image_champion_is_the_lower_fd_of_the_same_network(mlflow_server):
+    uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
+    name = "image-champ"
+
+    def new_version(metrics):
+        _, model_uri = _tiny_generator_run(uri, client)
+        return registry.register(uri, model_uri, name, "image", metrics, tags={}, description="test")
+
+    assert new_version({"fd_digits": 20.0, "precision": 0.5})["champion"] is True
+    assert new_version({"fd_digits": 25.0})["champion"] is False  # higher FD: worse
+    assert new_version({"fd_inception": 1.0})["champion"] is False  # another network: not comparable
+    assert new_version({})["champion"] is False  # no number at all
+    better = new_version({"fd_digits": 12.5, "classes_covered": 1.0})
+    assert better["champion"] is True and better["previous_champion"] == 1
+    tags = client.get_model_version(name, str(better["version"])).tags
+    assert tags["metric.fd_digits"] == "12.5" and tags["metric.classes_covered"] == "1.0" and tags["distgan.kind"] == "image"
+
 def test_unknown_models_and_malformed_uris_exit_2(mlflow_server, tmp_path):
     uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
     _, model_uri = _tiny_generator_run(uri, client)

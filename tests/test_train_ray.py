@@ -121,19 +121,32 @@ def test_two_workers_spread_over_two_nodes(tmp_path, mlflow_server, monkeypatch)
 
 
 def test_dcgan_trains_on_parquet_images_through_ray_data(tmp_path):
+    import torch
+
     data = write_image_parquet(tmp_path / "blobs.parquet", blob_images(96, 16))
+    # A user's feature network (a torch.export program): image metrics from both workers' samples, gathered on rank 0.
+    net = tmp_path / "blobnet.pt2"
+    program = torch.export.export(torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten()), (torch.zeros(4, 1, 16, 16),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    torch.export.save(program, str(net))
     out = tmp_path / "result.json"
     r = run_cli(
         "train", str(REPO / "jobs" / "parquet-images.yaml"), "--workers", "2", "--json-out", str(out),
         "--set", f"data.path={data}", "--set", "model.base_channels=16", "--set", "model.latent_dim=16",
         "--set", "train.batch_size=16", "--set", "train.steps=30", "--set", "train.eval_every=15",
         "--set", "train.checkpoint_every=15", "--set", f"train.storage_path={tmp_path}", "--name", "pq",
-        cwd=tmp_path,
+        "--set", f"metrics.feature_net={net}", "--set", "train.eval_samples=101", "--set", "metrics.final_samples=301",
+        "--no-tracking", cwd=tmp_path, env={"DISTGAN_CACHE": str(tmp_path / "cache")},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
     assert res["status"] == "finished" and res["steps"] == 30 and res["ranks_in_sync"]
     assert np.isfinite(res["metrics"]["loss_d"]) and np.isfinite(res["metrics"]["loss_g"])
+    m = res["metrics"]
+    assert m["fd_blobnet"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["coverage"] <= 1 and "classes_covered" not in m
+    rows = [json.loads(line) for line in (tmp_path / "pq" / "distgan" / "metrics.jsonl").read_text().splitlines()]
+    assert [("fd_blobnet" in row) for row in rows] == [True, True]
+    assert len(list((tmp_path / "cache" / "reference").glob("blobnet-*.npz"))) == 1  # real side computed once, cached
     grid = Image.open(tmp_path / "pq" / "distgan" / "images" / "samples_0000030.png")
     assert grid.size == ((8 * 17 + 1) * 4, (8 * 17 + 1) * 4)  # 8x8 grid of 16 px samples, 4x upscaled
 
