@@ -51,6 +51,9 @@ class ModelSpec(Section):
     d_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256])
     # dcgan: channel width of the layer next to the image (doubles per halving of resolution)
     base_channels: int = Field(64, ge=4, le=1024)
+    # dcgan: 3x3 conv blocks after each resolution change below the image's; >= 1 also gives G and D
+    # a feature map at the image's own resolution. Depth for small images (8 px: one upsampling).
+    extra_layers: int = Field(0, ge=0, le=8)
     spectral_norm: bool = False  # spectral norm on D's layers
 
     @model_validator(mode="after")

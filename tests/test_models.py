@@ -11,8 +11,9 @@ from distgan.config import ModelSpec
 
 @pytest.mark.parametrize("size", [8, 16, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_dcgan_makes_and_judges_every_size(size, channels):
-    spec = ModelSpec(arch="dcgan", latent_dim=8, base_channels=8)
+@pytest.mark.parametrize("extra_layers", [0, 2])
+def test_dcgan_makes_and_judges_every_size(size, channels, extra_layers):
+    spec = ModelSpec(arch="dcgan", latent_dim=8, base_channels=8, extra_layers=extra_layers)
     G, D = models.build(spec, (channels, size, size))
     x = G(torch.randn(3, 8))
     assert x.shape == (3, channels, size, size)
@@ -20,6 +21,17 @@ def test_dcgan_makes_and_judges_every_size(size, channels):
     assert D(x).shape == (3,)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in G.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+
+
+def test_extra_layers_add_depth_at_every_resolution():
+    convs = lambda m: [c for c in m.modules() if isinstance(c, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]  # noqa: E731
+    plain = models.build(ModelSpec(arch="dcgan", base_channels=8), (1, 8, 8))
+    deep = models.build(ModelSpec(arch="dcgan", base_channels=8, extra_layers=1), (1, 8, 8))
+    assert [len(convs(m)) for m in plain] == [2, 2]  # classic DCGAN at 8 px: one upsampling, one downsampling
+    # + a 3x3 block at 4x4 and a feature map at 8x8 (G: upsample to features, 3x3 conv to pixels; D mirrored)
+    assert [len(convs(m)) for m in deep] == [4, 4]
+    assert [c.kernel_size for c in convs(deep[0])] == [(4, 4), (3, 3), (4, 4), (3, 3)]
+    assert convs(deep[1])[0].kernel_size == (3, 3) and convs(deep[1])[0].out_channels == 8
 
 
 def test_spectral_norm_only_when_asked():

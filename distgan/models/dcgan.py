@@ -27,26 +27,47 @@ def shape_problem(sample_shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def _widths(size: int, base: int) -> list[int]:
-    """Channel widths from the 4x4 map up to the last hidden layer, capped at 8x base."""
-    n_up = {8: 1, 16: 2, 32: 3, 64: 4}[size]
-    return [min(base * 2 ** (n_up - 1 - i), base * 8) for i in range(n_up)]
+def _widths(size: int, base: int, image_level: bool) -> list[int]:
+    """Channel widths from the 4x4 map up, capped at 8x base; `image_level` adds a feature map at
+    the image's own resolution (base wide)."""
+    levels = {8: 1, 16: 2, 32: 3, 64: 4}[size] + image_level
+    return [min(base * 2 ** (levels - 1 - i), base * 8) for i in range(levels)]
+
+
+def _refine(width: int, count: int, norm: bool, sn=lambda m: m) -> list[nn.Module]:
+    """`count` 3x3 conv blocks that keep resolution and width (DCGAN's "extra layers")."""
+    layers: list[nn.Module] = []
+    for _ in range(count):
+        if norm:  # G
+            layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        else:  # D
+            layers += [sn(nn.Conv2d(width, width, 3, 1, 1)), nn.LeakyReLU(0.2, True)]
+    return layers
 
 
 class Generator(nn.Module):
+    """Classic DCGAN when model.extra_layers=0. With extra layers: that many 3x3 blocks after each
+    upsampling below the image's resolution, and the last upsampling makes features from which a
+    3x3 conv makes the pixels: depth that small images (8-16 px, one or two upsamplings) lack."""
+
     def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
         super().__init__()
         self.latent_dim = spec.latent_dim
         channels, size, _ = sample_shape
-        widths = _widths(size, spec.base_channels)
+        k = spec.extra_layers
+        widths = _widths(size, spec.base_channels, image_level=k > 0)
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(spec.latent_dim, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
         for a, b in zip(widths[:-1], widths[1:]):
+            layers += _refine(a, k, norm=True)
             layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
+        if k:
+            layers += [nn.Conv2d(widths[-1], channels, 3, 1, 1), nn.Tanh()]
+        else:
+            layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -54,14 +75,24 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
+    """G mirrored: strided convs down to 4x4 (a 3x3 conv reads the pixels first when there are
+    extra layers, and that many 3x3 blocks follow each downsampling), then a 4x4 conv to one score."""
+
     def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
         super().__init__()
         channels, size, _ = sample_shape
-        widths = _widths(size, spec.base_channels)[::-1]  # grows toward the 4x4 map
+        k = spec.extra_layers
+        widths = _widths(size, spec.base_channels, image_level=k > 0)[::-1]  # grows toward the 4x4 map
         sn = spectral_norm if spec.spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
-        for a, b in zip([channels, *widths[:-1]], widths):
+        if k:
+            layers += [sn(nn.Conv2d(channels, widths[0], 3, 1, 1)), nn.LeakyReLU(0.2, True)]
+            pairs = zip(widths[:-1], widths[1:])
+        else:
+            pairs = zip([channels, *widths[:-1]], widths)
+        for a, b in pairs:
             layers += [sn(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+            layers += _refine(b, k, norm=False, sn=sn)
         layers.append(sn(nn.Conv2d(widths[-1], 1, 4, 1, 0)))  # 4x4 -> 1x1
         self.net = nn.Sequential(*layers)
 
