@@ -66,13 +66,15 @@ class Evaluator:
         n, seed = self.spec.train.eval_samples, self.spec.train.seed
         samples = self._sample(G, n, seed).numpy()
         record.log_image(plots.scatter_png(samples, self.means, f"step {step}"), f"samples_{step:07d}.png")
-        if final:  # the headline figures: mean and standard error over seeds (PacGAN protocol)
-            seeds = [seed + 1000 + i for i in range(self.spec.train.final_eval_seeds)]
-            q = mixture_quality_over_seeds(lambda k, s: self._sample(G, k, s).numpy(), self.means, self.std, seeds, n)
-        else:
-            q = mixture_quality(samples, self.means, self.std)
+        q = self.mixture_over_seeds(G, n, seed) if final else mixture_quality(samples, self.means, self.std)
         # One number that orders runs as (modes, then high_quality) do: for search and ranking.
         return q | {"mixture_score": q["modes"] + q["high_quality"]}
+
+    def mixture_over_seeds(self, G, n: int, seed: int) -> dict[str, float]:
+        """The headline mixture figures: mean and standard error over `train.final_eval_seeds`
+        seeds of n samples each (PacGAN protocol)."""
+        seeds = [seed + 1000 + i for i in range(self.spec.train.final_eval_seeds)]
+        return mixture_quality_over_seeds(lambda k, s: self._sample(G, k, s).numpy(), self.means, self.std, seeds, n)
 
     def reference(self) -> reference.Reference:
         """Features of the real data (rank 0), from the cache after the first time."""
@@ -156,8 +158,7 @@ def evaluate_generator(source: str, data_arg: str | None = None, n: int | None =
     evaluator = Evaluator(spec, info, torch.device("cpu"))
     generator.eval()
     if info.kind == "mixture":
-        seeds = [seed + 1000 + i for i in range(spec.train.final_eval_seeds)]
-        metrics = mixture_quality_over_seeds(lambda k, s: evaluator._sample(generator, k, s).numpy(), evaluator.means, evaluator.std, seeds, n)
+        metrics = evaluator.mixture_over_seeds(generator, n, seed)
     elif evaluator.net is None:
         raise InputError(f"no feature network for {spec.data.name} data: pass --feature-net (digits, inception or a TorchScript file)")
     else:

@@ -100,3 +100,40 @@ def test_feature_net_refusals(tmp_path, monkeypatch):
 def test_auto_picks_the_digits_net_for_digits():
     assert features.resolve("auto", "digits", (1, 8, 8)) == "digits"
     assert features.resolve("none", "digits", (1, 8, 8)) is None
+
+
+def _digits_checkpoint(tmp_path, steps: int = 3):
+    """A run's checkpoint file as the loop writes it, from a few engine steps (no Ray needed)."""
+    from distgan import engine, models
+    from distgan.loop import CHECKPOINT_FILE
+
+    spec = config.load_spec(config.JOBS_DIR / "digits.yaml", ["model.base_channels=8"])
+    info = data.inspect(spec.data)
+    G, D = models.build(spec.model, info.sample_shape)
+    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, torch.device("cpu"), False)
+    stream = data.batches(spec.data, info, 32, 0, 1, 0)
+    for _ in range(steps):
+        eng.step([next(stream)])
+    ckpt = tmp_path / "run" / "checkpoint_000000"
+    ckpt.mkdir(parents=True)
+    torch.save({"engine": eng.state_dict(), "step": steps, "rng": [], "spec": spec.model_dump(mode="json")}, ckpt / CHECKPOINT_FILE)
+    return ckpt
+
+
+def test_distgan_eval_on_a_checkpoint(tmp_path):
+    from conftest import read_json, run_cli
+
+    ckpt = _digits_checkpoint(tmp_path)
+    out = tmp_path / "eval.json"
+    r = run_cli("eval", str(tmp_path / "run"), "--n", "400", "--json-out", str(out), cwd=tmp_path,
+                env={"DISTGAN_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = read_json(out)
+    assert res["dataset"] == "digits" and res["feature_net"] == "digits" and res["n"] == 400
+    assert res["metrics"]["fd_digits"] > 0 and 0 <= res["metrics"]["classes_covered"] <= 1
+    assert "fd_digits" in r.stdout
+    # a 2-D dataset for an image generator, and a source that does not exist: exit 2, one line
+    r = run_cli("eval", str(ckpt / "state.pt"), "--data", "grid25", cwd=tmp_path)
+    assert r.returncode == 2 and "makes images; grid25 is 2-D points" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("eval", str(tmp_path / "nope"), cwd=tmp_path)
+    assert r.returncode == 2 and "neither a file/directory nor a model URI" in r.stderr

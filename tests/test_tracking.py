@@ -198,6 +198,14 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     assert table.num_rows == 300 and np.allclose(np.stack(table.column("sample").to_numpy(zero_copy_only=False)), samples)
     assert (pulled / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
+    # distgan eval of the registered model and of the run's checkpoint: the same generator, the same numbers
+    from distgan.evaluation import evaluate_generator
+
+    by_uri = evaluate_generator("models:/ring8-pull@champion", n=500, tracking_uri=mlflow_server.uri)
+    by_checkpoint = evaluate_generator(res["checkpoint"], n=500)
+    assert by_uri["dataset"] == "ring8" and by_uri["metrics"] == by_checkpoint["metrics"]
+    assert 0 <= by_uri["metrics"]["modes"] <= 8 and "modes_se" in by_uri["metrics"]
+
     # the same weights through distgan.hub (state_dict, no unpickling) give the same samples
     G, meta = hub.load_generator("models:/ring8-pull/1", mlflow_server.uri)
     from distgan import engine
