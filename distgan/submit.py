@@ -61,7 +61,12 @@ def auth_token() -> tuple[str | None, str]:
         return None, "RAY_AUTH_MODE=disabled"
     if token := os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return token, "RAY_AUTH_TOKEN"
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if explicit := os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(explicit)
+        if not (path.is_file() and path.read_text().strip()):  # Ray itself aborts on this
+            raise InputError(f"RAY_AUTH_TOKEN_PATH={explicit} is missing or empty: point it at the cluster's token file")
+        return path.read_text().strip(), str(path)
+    path = Path.home() / ".ray" / "auth_token"
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip(), str(path)
     if mode == "token":
@@ -104,10 +109,12 @@ def _ray_errors(address: str, token_source: str):
         ) from None
     except ConnectionError as e:
         raise InputError(f"lost the Ray dashboard at {address}: {e}") from None
-    except RuntimeError as e:
+    except RuntimeError as e:  # Ray's client: an HTTP answer it did not expect
         if "does not exist" in str(e):
             raise InputError(f"{str(e).split(': ', 1)[-1].rstrip('.')} at {address}; `distgan jobs list` shows the jobs") from None
-        raise
+        if "Version check returned 404" in str(e):
+            raise InputError(f"{address} answers HTTP but is not a Ray dashboard: give the head node's dashboard address (port 8265)") from None
+        raise InputError(f"the Ray cluster at {address} answered: {str(e).splitlines()[0]}") from None
 
 
 @dataclass
