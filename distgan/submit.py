@@ -246,8 +246,9 @@ def submit(sub: Submission, address: str | None) -> tuple[Cluster, dict]:
     command, files = validate(sub)
     if sub.register:
         registry.check_name(sub.register)
+    address = dashboard_address(address)
+    env = job_env(sub, address, uses_token=auth_token()[0] is not None)  # tracking checks before any connection
     cluster = connect(address)
-    env = job_env(sub, cluster.address, cluster.uses_token)
     with tempfile.TemporaryDirectory(prefix="distgan-submit-") as tmp:
         workdir = Path(tmp)
         for f in files:
