@@ -157,7 +157,7 @@ def _jobs(args: argparse.Namespace) -> int:
         for j in jobs:
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"] / 1000)) if j["start_time"] else "-"
             what = f"{j['metadata'].get('distgan.command', '')} {j['metadata'].get('distgan.spec', '')}".strip() or j["entrypoint"][:60]
-            print(f"{j['job_id']:32} {j['status']:10} {started}  {what}")
+            print(f"{j['job_id']:40} {j['status']:10} {started}  {what}")
         if not jobs:
             print(f"no jobs on {cluster.address}")
     elif args.action == "status":

@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
@@ -251,7 +250,8 @@ def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
 @pytest.mark.cluster
 def test_search_spec_runs_as_a_search_job(cluster, tmp_path):
     out = tmp_path / "search.json"
-    r = _submit(cluster, str(REPO / "jobs" / "search-grid25.yaml"), "--follow", "--no-tracking",
+    # --ship-code: this checkout's package travels with the job (py_modules) and is what runs there
+    r = _submit(cluster, str(REPO / "jobs" / "search-grid25.yaml"), "--follow", "--no-tracking", "--ship-code",
                 "--set", "search.trials=2", "--set", "search.max_concurrent=1", "--set", "search.asha.grace_period=50", "--set", "train.steps=100",
                 "--set", "train.eval_every=50", "--set", "train.checkpoint_every=50", "--set", "train.final_eval_seeds=1",
                 "--workdir", str(tmp_path / "job"), "--json-out", str(out), cwd=tmp_path)
@@ -260,6 +260,10 @@ def test_search_spec_runs_as_a_search_job(cluster, tmp_path):
     assert doc["job_status"] == "SUCCEEDED" and doc["status"] == "finished"
     assert len(doc["trials"]) == 2 and doc["best"]
     assert doc["entrypoint"].split("-m distgan ")[1].startswith("search search-grid25.yaml")
+    from distgan import submit
+
+    job = submit.connect(cluster.address).client.get_job_info(doc["job_id"])
+    assert len(job.runtime_env["py_modules"]) == 1 and job.runtime_env["env_vars"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
 
 
 @pytest.mark.cluster
