@@ -237,12 +237,24 @@ def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
                 "--workdir", str(tmp_path / "job"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     job_id = r.stdout.strip()
-    deadline = time.monotonic() + 180
-    while not re.search(r"step\s+50/100000 \|", logs := _jobs(cluster, "logs", job_id, cwd=tmp_path).stdout):
-        assert time.monotonic() < deadline, logs[-3000:]
-        time.sleep(2)
-    stopped = _jobs(cluster, "stop", job_id, cwd=tmp_path)
-    assert stopped.returncode == 0 and stopped.stdout.strip() == f"{job_id}: STOPPED", stopped.stdout + stopped.stderr
+    # `jobs logs --follow` streams the progress lines while the job runs, and ends with it
+    follower = subprocess.Popen([sys.executable, "-m", "distgan", "jobs", "logs", job_id, "--follow", "--address", cluster.address],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in follower.stdout:
+            seen.append(line)
+            if re.search(r"step\s+50/100000 \|", line):
+                break
+        else:
+            pytest.fail("".join(seen)[-3000:])
+        stopped = _jobs(cluster, "stop", job_id, cwd=tmp_path)
+        assert stopped.returncode == 0 and stopped.stdout.strip() == f"{job_id}: STOPPED", stopped.stdout + stopped.stderr
+        follower.stdout.read()
+        assert follower.wait(60) == 1  # following a job that did not succeed exits 1
+    finally:
+        if follower.poll() is None:
+            follower.kill()
     status = _jobs(cluster, "status", job_id, cwd=tmp_path)
     assert status.stdout.startswith("STOPPED"), status.stdout
 
