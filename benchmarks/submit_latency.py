@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ def main() -> None:
                       f"first step {m['first_step']:.1f}s  job done {m['done']:.1f}s")
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def cluster():
     finally:
         c.stop()
     assert not c.processes()
+    shutil.rmtree(c.temp_dir, ignore_errors=True)
 
 
 def _submit(cluster, *args, cwd, env=None, timeout=600):
