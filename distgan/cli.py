@@ -119,6 +119,77 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- submit, jobs, tracking-server (Ray Jobs on a cluster; logic in distgan/submit.py) ---------
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from distgan import submit
+
+    overrides = list(args.set)
+    if args.workers is not None:
+        overrides.append(f"scaling.workers={args.workers}")
+    if args.gpu:
+        overrides.append("scaling.gpu=true")
+    sub = submit.Submission(
+        args.job, overrides, not args.no_tracking, args.tracking_uri, args.experiment, args.register,
+        args.python or submit.DEFAULT_PYTHON, args.ship_code, args.workdir,
+    )
+    cluster, doc = submit.submit(sub, args.address)
+    job_id = doc["job_id"]
+    print(f"submitted {job_id} to {doc['address']}", file=sys.stderr, flush=True)
+    if not args.follow:
+        print(job_id)
+        print(f"follow it: distgan jobs logs {job_id} --follow --address {doc['address']}", file=sys.stderr)
+        _write_json(args.json_out, {**doc, "status": "submitted", "job_status": "PENDING"})
+        return 0
+    try:
+        status = submit.follow(cluster, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; {job_id} keeps running (distgan jobs stop {job_id} stops it)", file=sys.stderr)
+        return 130
+    result = submit.result_from_logs(submit.logs(cluster, job_id)) or {}
+    _write_json(args.json_out, {**result, **doc, "status": result.get("status", "failed"), "job_status": status, "result": result or None})
+    print(f"job {job_id} {status}", file=sys.stderr)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import time
+
+    from distgan import submit
+
+    if args.action != "list" and not args.job_id:
+        raise InputError(f"jobs {args.action} needs a job ID (distgan jobs list shows them)")
+    cluster = submit.connect(args.address)
+    if args.action == "list":
+        jobs = submit.list_jobs(cluster)
+        for j in jobs:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"] / 1000)) if j["start_time"] else "-"
+            what = f"{j['metadata'].get('distgan.command', '')} {j['metadata'].get('distgan.spec', '')}".strip() or j["entrypoint"][:60]
+            print(f"{j['job_id']:40} {j['status']:10} {started}  {what}")
+        if not jobs:
+            print(f"no jobs on {cluster.address}")
+    elif args.action == "status":
+        j = submit.info(cluster, args.job_id)
+        print(j["status"] + (f": {j['message']}" if j["message"] else ""))
+    elif args.action == "logs":
+        if args.follow:
+            return 0 if submit.follow(cluster, args.job_id) == "SUCCEEDED" else 1
+        print(submit.logs(cluster, args.job_id), end="")
+    elif args.action == "stop":
+        print(f"{args.job_id}: {submit.stop(cluster, args.job_id)}")
+    return 0
+
+
+def _tracking_server(args: argparse.Namespace) -> int:
+    from distgan import submit
+
+    submit.run_tracking_server(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
+                               artifacts_destination=args.artifacts_destination, allowed_hosts=args.allowed_hosts,
+                               workers=args.workers)
+    return 0  # not reached: the server replaces this process
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distgan", description="Distributed GAN training on Ray, tracked in MLflow.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,6 +251,39 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("datasets", help="list the data sources")
     d.set_defaults(fn=_datasets)
+
+    sb = sub.add_parser("submit", help="submit a job or search spec to a Ray cluster as a Ray job")
+    sb.add_argument("job", help="job spec YAML, or a search spec (one with a search: section)")
+    sb.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS)")
+    sb.add_argument("--follow", action="store_true", help="stream the job's log and exit with its outcome (0 SUCCEEDED, 1 otherwise)")
+    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (checked here, applied there)")
+    sb.add_argument("--workers", type=int, help="number of Train workers (scaling.workers)")
+    sb.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
+    sb.add_argument("--tracking-uri", help="MLflow server the cluster reaches, http://HEAD:5000 (default: $MLFLOW_TRACKING_URI)")
+    sb.add_argument("--experiment", default="distgan", help="MLflow experiment name (default: distgan)")
+    sb.add_argument("--register", metavar="NAME", help="register the generator under NAME")
+    sb.add_argument("--no-tracking", action="store_true", help="no MLflow run")
+    sb.add_argument("--ship-code", action="store_true", help="send this machine's distgan package with the job (py_modules)")
+    sb.add_argument("--python", help="the cluster's Python for the job (default: the interpreter Ray runs in there)")
+    sb.add_argument("--workdir", metavar="DIR", help="directory on the cluster the job runs in (default: ~/distgan_jobs/JOB_ID)")
+    sb.add_argument("--json-out", metavar="FILE", help="write the job id and, with --follow, the run's result as JSON")
+    sb.set_defaults(fn=_submit)
+
+    jb = sub.add_parser("jobs", help="Ray jobs on a cluster: list | status ID | logs ID [--follow] | stop ID")
+    jb.add_argument("action", choices=["list", "status", "logs", "stop"])
+    jb.add_argument("job_id", nargs="?", help="the job's submission ID (raysubmit_...)")
+    jb.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS)")
+    jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    jb.set_defaults(fn=_jobs)
+
+    ts = sub.add_parser("tracking-server", help="run an MLflow tracking server with lean settings (foreground)")
+    ts.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 on a cluster's head node")
+    ts.add_argument("--port", type=int, default=5000)
+    ts.add_argument("--backend-store-uri", help="runs and registry (default: sqlite:///$PWD/mlflow.db)")
+    ts.add_argument("--artifacts-destination", help="where artifacts go: s3://BUCKET/PREFIX, or a path (default: ./mlartifacts)")
+    ts.add_argument("--allowed-hosts", help="Host headers to accept beyond localhost and private IPs, e.g. mlflow.example.com,HEAD:5000")
+    ts.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    ts.set_defaults(fn=_tracking_server)
     return p
 
 

@@ -1,0 +1,304 @@
+"""`distgan submit`, `distgan jobs` and `distgan tracking-server` on real components: a two-node
+Ray cluster started from the CLI (`ray start --head` + `ray start --address`, own temp dir and
+ports, token auth), a real MLflow server; and cluster.yaml through Ray's own config validation."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import psutil
+import pytest
+import yaml
+
+from conftest import REPO, free_port, read_json, run_cli
+
+GRID25 = str(REPO / "jobs" / "grid25.yaml")
+SHORT = ["--set", "train.steps=200", "--set", "train.eval_every=100", "--set", "train.checkpoint_every=100",
+         "--set", "train.final_eval_seeds=2"]
+
+
+class LocalRayCluster:
+    """A head node and one worker node on this machine, started with `ray start` as a user would.
+    Every process it starts carries a marker in its environment (Ray workers and job drivers inherit
+    the raylet's); `stop` ends exactly those processes by PID (never `ray stop`, which kills by name)."""
+
+    def __init__(self, temp_dir: str, head_cpus: int = 1, worker_cpus: int = 2):
+        self.temp_dir, self.head_cpus, self.worker_cpus = temp_dir, head_cpus, worker_cpus
+        self.marker = uuid.uuid4().hex
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _ray_start(self, *args: str) -> None:
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "DISTGAN_TEST_CLUSTER": self.marker}
+        r = subprocess.run(["ray", "start", *args, "--temp-dir", self.temp_dir, "--node-ip-address", "127.0.0.1",
+                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+
+    def start(self) -> "LocalRayCluster":
+        self._ray_start("--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus),
+                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                        "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+                        "--min-worker-port", "47100", "--max-worker-port", "47399")
+        self._ray_start("--address", f"127.0.0.1:{self.gcs_port}", "--num-cpus", str(self.worker_cpus),
+                        "--dashboard-agent-listen-port", str(free_port()),
+                        "--min-worker-port", "47400", "--max-worker-port", "47699")
+        return self
+
+    def processes(self) -> list[psutil.Process]:
+        mine = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get("DISTGAN_TEST_CLUSTER") == self.marker:
+                    mine.append(p)
+            except (psutil.Error, OSError):
+                pass
+        return mine
+
+    def stop(self) -> None:
+        for _ in range(3):  # a dying raylet may still start a worker: sweep until none is left
+            procs = self.processes()
+            if not procs:
+                return
+            for p in procs:
+                try:
+                    p.terminate()
+                except psutil.Error:
+                    pass
+            _, alive = psutil.wait_procs(procs, timeout=15)
+            for p in alive:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(alive, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import tempfile
+
+    c = LocalRayCluster(tempfile.mkdtemp(prefix="dgsub-", dir="/tmp"))
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+    assert not c.processes()
+    shutil.rmtree(c.temp_dir, ignore_errors=True)
+
+
+def _submit(cluster, *args, cwd, env=None, timeout=600):
+    return run_cli("submit", *args, "--address", cluster.address, cwd=cwd, env=env, timeout=timeout)
+
+
+def _jobs(cluster, *args, cwd, env=None):
+    return run_cli("jobs", *args, "--address", cluster.address, cwd=cwd, env=env, timeout=120)
+
+
+def _job_ids(cluster, cwd) -> list[str]:
+    r = _jobs(cluster, "list", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return [line.split()[0] for line in r.stdout.splitlines() if not line.startswith("no jobs")]
+
+
+# --- without a cluster --------------------------------------------------------------------------
+
+
+def _cluster_config(tree: dict) -> dict:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    # What `ray up` does before any cloud call: merge the provider's defaults, check the schema.
+    config = prepare_config(copy.deepcopy(tree))
+    validate_config(config)
+    return config
+
+
+def test_cluster_yaml_passes_rays_validation():
+    tree = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config = _cluster_config(tree)
+    nodes = config["available_node_types"]
+    assert config["provider"]["type"] == "aws"
+    assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}
+    gpu_types = [n for n in nodes if n != config["head_node_type"]]
+    assert gpu_types and all(nodes[n]["max_workers"] >= nodes[n]["min_workers"] for n in gpu_types)
+    head_cmds = " ".join(config["head_start_ray_commands"])
+    assert "distgan tracking-server --host 0.0.0.0" in head_cmds and "s3://" in head_cmds
+    assert any("pip install" in c and "distgan" in c for c in config["setup_commands"])
+
+
+@pytest.mark.parametrize("breakage", ["no node_config", "unknown key", "unknown head type"])
+def test_broken_cluster_yaml_fails_validation(breakage):
+    import jsonschema
+
+    tree = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    if breakage == "no node_config":
+        del tree["available_node_types"]["gpu_1x"]["node_config"]
+    elif breakage == "unknown key":
+        tree["available_node_types"]["gpu_1x"]["max_workerz"] = 4
+    else:
+        tree["head_node_type"] = "cpu_head"
+    with pytest.raises((jsonschema.ValidationError, ValueError)):
+        _cluster_config(tree)
+
+
+def test_nothing_listening_is_exit_2_within_seconds(tmp_path):
+    port = free_port()  # bound and released: nothing listens there now
+    t0 = time.monotonic()
+    r = run_cli("submit", GRID25, "--address", f"http://127.0.0.1:{port}", cwd=tmp_path, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr
+    assert took < 10, took
+    assert f"no Ray dashboard answers at http://127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_local_sqlite_store_refused_for_a_remote_cluster(tmp_path):
+    # refused before any connection: a remote head cannot see this machine's SQLite file
+    r = run_cli("submit", GRID25, "--address", "http://10.0.0.7:8265", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "is a SQLite file on this machine" in r.stderr
+
+
+def test_tracking_server_serves_with_lean_settings(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "distgan", "tracking-server", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "art")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "tracking server did not come up"
+                time.sleep(0.5)
+        # exec'd: the server is the process we started, with one worker and job execution off
+        me = psutil.Process(proc.pid)
+        assert "mlflow" in " ".join(me.cmdline()) and "--workers" in me.cmdline() and me.cmdline()[me.cmdline().index("--workers") + 1] == "1"
+        assert me.environ()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --- on a two-node cluster ----------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_submit_follow_trains_tracks_and_registers(cluster, mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "submit.json"
+    experiment = f"submit-{tmp_path.name}"
+    # two workers SPREAD: one on the head (1 CPU), one on the worker node, DDP across the nodes
+    r = _submit(cluster, GRID25, "--follow", "--register", "submit-gan", "--tracking-uri", mlflow_server.uri,
+                "--experiment", experiment, "--workers", "2", "--set", "scaling.placement=SPREAD", *SHORT,
+                "--workdir", str(tmp_path / "job"), "--json-out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = read_json(out)
+    job_id = doc["job_id"]
+    assert doc["job_status"] == "SUCCEEDED" and doc["status"] == "finished" and doc["steps"] == 200
+    assert len(set(doc["node_ids"])) == 2 and doc["ranks_in_sync"] is True
+    assert "step 200/200 | loss_d" in r.stdout and '"mlflow_run_id"' not in r.stdout  # the result document is held back
+
+    # the run is in MLflow, finished, with its generator registered
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(doc["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["scaling.workers"] == "2"
+    assert client.get_experiment(run.info.experiment_id).name == experiment
+    assert doc["model_uri"] == "models:/submit-gan/1"
+    version = client.get_model_version("submit-gan", "1")
+    assert version.run_id == doc["mlflow_run_id"]
+
+    # the jobs commands see it
+    logs = _jobs(cluster, "logs", job_id, cwd=tmp_path)
+    assert logs.returncode == 0 and re.search(r"step 100/200 \| loss_d .* img/s", logs.stdout), logs.stdout[-2000:]
+    status = _jobs(cluster, "status", job_id, cwd=tmp_path)
+    assert status.returncode == 0 and status.stdout.startswith("SUCCEEDED")
+    assert job_id in _job_ids(cluster, tmp_path)
+
+
+@pytest.mark.cluster
+def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
+    r = _submit(cluster, GRID25, "--no-tracking", "--set", "train.steps=100000", "--set", "train.eval_every=50",
+                "--workdir", str(tmp_path / "job"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    job_id = r.stdout.strip()
+    # `jobs logs --follow` streams the progress lines while the job runs, and ends with it
+    follower = subprocess.Popen([sys.executable, "-m", "distgan", "jobs", "logs", job_id, "--follow", "--address", cluster.address],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in follower.stdout:
+            seen.append(line)
+            if re.search(r"step\s+50/100000 \|", line):
+                break
+        else:
+            pytest.fail("".join(seen)[-3000:])
+        stopped = _jobs(cluster, "stop", job_id, cwd=tmp_path)
+        assert stopped.returncode == 0 and stopped.stdout.strip() == f"{job_id}: STOPPED", stopped.stdout + stopped.stderr
+        follower.stdout.read()
+        assert follower.wait(60) == 1  # following a job that did not succeed exits 1
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    status = _jobs(cluster, "status", job_id, cwd=tmp_path)
+    assert status.stdout.startswith("STOPPED"), status.stdout
+
+
+@pytest.mark.cluster
+def test_search_spec_runs_as_a_search_job(cluster, tmp_path):
+    out = tmp_path / "search.json"
+    # --ship-code: this checkout's package travels with the job (py_modules) and is what runs there
+    r = _submit(cluster, str(REPO / "jobs" / "search-grid25.yaml"), "--follow", "--no-tracking", "--ship-code",
+                "--set", "search.trials=2", "--set", "search.max_concurrent=1", "--set", "search.asha.grace_period=50", "--set", "train.steps=100",
+                "--set", "train.eval_every=50", "--set", "train.checkpoint_every=50", "--set", "train.final_eval_seeds=1",
+                "--workdir", str(tmp_path / "job"), "--json-out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = read_json(out)
+    assert doc["job_status"] == "SUCCEEDED" and doc["status"] == "finished"
+    assert len(doc["trials"]) == 2 and doc["best"]
+    assert doc["entrypoint"].split("-m distgan ")[1].startswith("search search-grid25.yaml")
+    from distgan import submit
+
+    job = submit.connect(cluster.address).client.get_job_info(doc["job_id"])
+    assert len(job.runtime_env["py_modules"]) == 1 and job.runtime_env["env_vars"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+
+@pytest.mark.cluster
+def test_bad_spec_is_refused_before_anything_is_sent(cluster, tmp_path):
+    before = _job_ids(cluster, tmp_path)
+    r = _submit(cluster, GRID25, "--set", "optim.lr_gg=1e-3", cwd=tmp_path)
+    assert r.returncode == 2 and "lr_gg" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {name: grid25}\ntrain: {steps: -5}\n")
+    r = _submit(cluster, str(bad), cwd=tmp_path)
+    assert r.returncode == 2 and "train.steps" in r.stderr
+    assert _job_ids(cluster, tmp_path) == before
+
+
+@pytest.mark.cluster
+def test_missing_or_wrong_token_is_a_clear_exit_2(cluster, tmp_path):
+    # no token anywhere this client looks (HOME without ~/.ray/auth_token, no RAY_AUTH_TOKEN)
+    env = {"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "", "RAY_AUTH_MODE": ""}
+    r = _jobs(cluster, "list", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "requires an auth token and none was found" in r.stderr and "ray get-auth-token" in r.stderr
+    r = _jobs(cluster, "list", cwd=tmp_path, env={**env, "RAY_AUTH_MODE": "token"})
+    assert r.returncode == 2 and "RAY_AUTH_MODE=token but no Ray auth token" in r.stderr
+    r = _jobs(cluster, "list", cwd=tmp_path, env={"RAY_AUTH_TOKEN": "not-the-token"})
+    assert r.returncode == 2 and "refused the auth token from RAY_AUTH_TOKEN" in r.stderr
