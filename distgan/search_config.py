@@ -153,6 +153,9 @@ def _check_space(spec: JobSpec, search: SearchSpec, source: str) -> None:
     for key in search.pbt.mutate if search.scheduler == "pbt" else []:
         if key not in search.space or next(iter(search.space[key])) not in ("loguniform", "uniform"):
             raise InputError(f"{source}: search.pbt.mutate key '{key}' must be in search.space with a loguniform/uniform range")
+    if search.scheduler == "asha" and search.asha.grace_period > spec.train.steps:
+        raise InputError(f"{source}: search.asha.grace_period={search.asha.grace_period} is more than train.steps={spec.train.steps}; "
+                         "lower it (ASHA cuts trials only after the grace period)")
     if search.scheduler == "pbt" and spec.scaling.workers > 1:
         raise InputError(f"{source}: scheduler pbt runs one-worker trials; set scaling.workers=1")
     info = data.inspect(spec.data)

@@ -24,6 +24,7 @@ from conftest import REPO, read_json, run_cli
         ("search.metric=fid_digits", "search.metric 'fid_digits' is not reported for grid25 data"),
         ("search.schedular=pbt", "unknown key 'search.schedular': did you mean 'scheduler'?"),
         ("search.trials=0", "search.trials: Input should be greater than or equal to 1"),
+        ("search.asha.grace_period=5000", "search.asha.grace_period=5000 is more than train.steps=4000; lower it"),
     ],
 )
 def test_bad_search_specs_exit_2_before_any_trial(override, message, tmp_path):
