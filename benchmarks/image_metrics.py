@@ -78,7 +78,7 @@ def main() -> None:
         print(f"distgan train jobs/digits.yaml (1 worker, {res['steps']} steps): {wall:.0f}s wall (target < 600 s); "
               f"evaluation {eval_s:.1f}s of {res['wall_s']:.0f}s training = {eval_s / res['wall_s']:.1%} (target < 10%)")
         print(f"final (10,000 samples): fd_digits {m['fd_digits']:.2f} = {m['fd_digits'] / fd_floor:.2f}x floor (target <= 3x); "
-              f"classes_covered {m['classes_covered']:.2f}; precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
+              f"classes_covered {m['classes_covered']:.2f} (class_kl {m['class_kl']:.3f}); precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
               f"kid_digits {m['kid_digits']:.2f} +- {m['kid_digits_se']:.2f}")
 
 
