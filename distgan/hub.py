@@ -20,7 +20,7 @@ import torch
 from distgan import models, plots, registry
 from distgan.config import ModelSpec
 from distgan.errors import InputError
-from distgan.tracking import configure_env, mlflow_client, resolve_uri
+from distgan.tracking import configure_env, fluent_uri, mlflow_client, resolve_uri
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))$")
 RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>[\w\-./]+)$")
@@ -53,7 +53,9 @@ def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.
     tracking_uri = resolve_uri(tracking_uri)
     check_uri(uri, tracking_uri)
     configure_env()
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)) / "artifacts"
+    # The fluent URI, not download_artifacts(registry_uri=): models:/ URIs resolve through the global one.
+    with fluent_uri(tracking_uri):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)) / "artifacts"
     meta = json.loads((local / "generator.json").read_text())
     generator, _ = models.build(ModelSpec.model_validate(meta["model"]), tuple(meta["sample_shape"]))
     generator.load_state_dict(torch.load(local / "generator.pt", map_location="cpu", weights_only=True))
