@@ -12,14 +12,20 @@ import sys
 from distgan.errors import InputError
 
 
-def _train(args: argparse.Namespace) -> int:
-    from distgan import config, evaluation, train
-
+def _job_overrides(args: argparse.Namespace) -> list[str]:
+    """--set assignments, plus the --workers/--gpu shorthands."""
     overrides = list(args.set)
     if args.workers is not None:
         overrides.append(f"scaling.workers={args.workers}")
     if args.gpu:
         overrides.append("scaling.gpu=true")
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    from distgan import config, evaluation, train
+
+    overrides = _job_overrides(args)
     if args.name:
         overrides.append(f"train.name={args.name}")
     spec = config.load_spec(args.job, overrides)
@@ -125,11 +131,7 @@ def _datasets(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from distgan import submit
 
-    overrides = list(args.set)
-    if args.workers is not None:
-        overrides.append(f"scaling.workers={args.workers}")
-    if args.gpu:
-        overrides.append("scaling.gpu=true")
+    overrides = _job_overrides(args)
     sub = submit.Submission(
         args.job, overrides, not args.no_tracking, args.tracking_uri, args.experiment, args.register,
         args.python or submit.DEFAULT_PYTHON, args.ship_code, args.workdir,
