@@ -6,13 +6,15 @@
 - `grad_explosion` a gradient norm above `grad_norm_max`;
 - `d_collapse`     D's loss below `d_loss_floor` while G's loss rose, `d_collapse_evals` evals running
                    (D wins outright: G gets no useful gradient any more);
-- `mode_collapse`  after `grace_evals`, the modes covered fell below `mode_fraction` of the most this
-                   trial has covered (it found modes and lost them), or stay below
-                   `min_mode_fraction` of all modes (it never spread out);
+- `mode_collapse`  after `grace_evals`, the modes covered (or, for labeled images, the classes:
+                   `classes_covered` x the number of classes) fell below `mode_fraction` of the most
+                   this trial has covered (it found modes and lost them), or stay below
+                   `min_mode_fraction` of all of them (it never spread out);
 - `no_progress`    after `grace_evals`, none of the progress metrics (the search metric, or e.g. both
                    `modes` and `high_quality` for mixtures) set a new best for `patience_evals`;
-- `converged`      every target in `converged` is met (e.g. modes 25 and high_quality 0.8): the
-                   trial has nothing left to prove.
+- `converged`      every target in `converged` is met (e.g. modes 25 and high_quality 0.8; a
+                   distance such as fd_digits is met at or below its target): the trial has
+                   nothing left to prove.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 LOSS_AND_GRAD = ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Distances and losses: fd_*, kid_*, loss_*, *_kl (reverse_kl, class_kl)."""
+    return metric.startswith(("fd_", "kid_", "loss_")) or metric.endswith("_kl")
 
 
 class StopRules(BaseModel):
@@ -39,6 +46,7 @@ class StopRules(BaseModel):
 
 class TrialMonitor:
     def __init__(self, rules: StopRules, metric: str, mode: str, progress_keys: list[str] | None = None, n_modes: int | None = None):
+        """n_modes: the mixture's modes, or the number of classes of labeled images (None: unknown)."""
         self.rules, self.sign, self.n_modes = rules, 1.0 if mode == "max" else -1.0, n_modes
         # a composite score can stall while its parts still improve (a mode lost, quality rising)
         self.progress_keys = progress_keys or [metric]
@@ -62,7 +70,7 @@ class TrialMonitor:
         self.last_loss_g = m["loss_g"]
         if self.collapse_run >= r.d_collapse_evals:
             return "d_collapse"
-        if r.converged and all(m.get(k, -math.inf) >= v for k, v in r.converged.items()):
+        if r.converged and all(_reached(m.get(k), k, v) for k, v in r.converged.items()):
             return "converged"
         improved = False
         for key in self.progress_keys:
@@ -70,13 +78,23 @@ class TrialMonitor:
             if score is not None and math.isfinite(score) and self.sign * score > self.best[key]:
                 self.best[key], improved = self.sign * score, True
         self.since_best = 0 if improved else self.since_best + 1
-        self.peak_modes = max(self.peak_modes, m.get("modes", 0.0))
+        covered = m.get("modes")
+        if covered is None and "classes_covered" in m and self.n_modes:
+            covered = m["classes_covered"] * self.n_modes  # classes, counted like modes
+        if covered is not None:
+            self.peak_modes = max(self.peak_modes, covered)
         if self.evals <= r.grace_evals:
             return None
-        if "modes" in m and self.peak_modes >= 2 and m["modes"] < r.mode_fraction * self.peak_modes:
+        if covered is not None and self.peak_modes >= 2 and covered < r.mode_fraction * self.peak_modes:
             return "mode_collapse"
-        if "modes" in m and self.n_modes and m["modes"] < r.min_mode_fraction * self.n_modes:
+        if covered is not None and self.n_modes and covered < r.min_mode_fraction * self.n_modes:
             return "mode_collapse"
         if self.since_best >= r.patience_evals:
             return "no_progress"
         return None
+
+
+def _reached(value: float | None, metric: str, target: float) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    return value <= target if lower_is_better(metric) else value >= target

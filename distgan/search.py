@@ -25,7 +25,8 @@ from distgan.data import DataInfo
 from distgan.divergence import TrialMonitor
 from distgan.metrics.mixture import mixture_means
 from distgan.search_config import SearchSpec, apply_config, tune_space
-from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env, ray_runtime_env
+from distgan.metrics import digits_net
+from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env, feature_net, ray_runtime_env
 
 class TuneSession:
     """`loop.Session` for a one-worker trial running in its Tune trial process."""
@@ -253,6 +254,8 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
         # Tune's new console output ignores verbose=0; the legacy one honours it (our lines suffice)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         n_modes = len(mixture_means(spec.data.name)) if info.kind == "mixture" else None
+        if feature_net(spec, info) == "digits":  # labeled images: classes play the part of modes
+            n_modes = digits_net.NUM_CLASSES
         stopper = _stopper(search_spec, n_modes) if search_spec.early_stop else None
         reasons = stopper.reasons if stopper else {}
         log = _trial_log(echo, reasons, spec.train.steps, search_spec.metric, list(search_spec.space), search_spec.scheduler)

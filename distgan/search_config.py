@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distgan.config import JOBS_DIR, JobSpec, _apply_override, _describe, flatten, read_yaml, validate_spec
-from distgan.divergence import StopRules
+from distgan.divergence import StopRules, lower_is_better
 from distgan.errors import InputError
 from distgan.metrics import features
 
@@ -174,7 +174,7 @@ def _check_space(spec: JobSpec, search: SearchSpec, source: str) -> None:
     elif search.metric not in reported:
         raise InputError(f"{source}: search.metric '{search.metric}' is not reported for {spec.data.name} data; choose one of {', '.join(sorted(reported))}")
     if search.mode is None:
-        search.mode = "min" if search.metric.startswith(("fd_", "kid_", "loss_")) or search.metric.endswith("_kl") else "max"
+        search.mode = "min" if lower_is_better(search.metric) else "max"
 
 
 def apply_config(tree: dict, config: dict[str, Any]) -> dict:

@@ -70,3 +70,16 @@ def test_a_trial_that_never_spreads_out_is_mode_collapse():
     stuck = [_healthy(0) | {"modes": 1.0, "high_quality": hq, "mixture_score": 1 + hq} for hq in (0.2, 0.4, 0.6, 0.8)]
     mon = TrialMonitor(StopRules(grace_evals=3, patience_evals=10), "mixture_score", "max", ["modes", "high_quality"], n_modes=25)
     assert [mon.update(m) for m in stuck] == [None, None, None, "mode_collapse"]
+
+
+def test_lost_classes_of_labeled_images_are_mode_collapse_and_fd_converges_downward():
+    def img(covered, fd):
+        return {"loss_d": 1.2, "loss_g": 0.8, "grad_norm_d": 1.0, "grad_norm_g": 1.0, "classes_covered": covered, "fd_digits": fd}
+
+    rules = StopRules(grace_evals=2, patience_evals=10, converged={"fd_digits": 5.0})
+    # ten classes found, then only three left: collapse (classes count like modes, 10 of them)
+    mon = TrialMonitor(rules, "fd_digits", "min", n_modes=10)
+    assert [mon.update(img(c, 50.0)) for c in (1.0, 1.0, 1.0, 0.3)] == [None, None, None, "mode_collapse"]
+    # FD is a distance: the target is met at or below it, not above
+    mon = TrialMonitor(rules, "fd_digits", "min", n_modes=10)
+    assert [mon.update(img(1.0, fd)) for fd in (40.0, 20.0, 6.0, 4.9)] == [None, None, None, "converged"]
