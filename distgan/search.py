@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from distgan import data, loop, models, registry
+from distgan import data, evaluation, loop, models, registry
 from distgan import tracking as tracking_lib
 from distgan.config import JobSpec, validate_spec
 from distgan.data import DataInfo
@@ -190,8 +190,7 @@ def _trial_log(echo, reasons: dict, total_steps: int, metric: str, keys: list[st
 
 
 def _quality_text(m: dict) -> str:
-    keys = ("modes", "high_quality", "reverse_kl") if "modes" in m else ("loss_d", "loss_g")
-    return "  ".join(f"{k} {m[k]:.3g}" for k in keys if isinstance(m.get(k), (int, float)))
+    return evaluation.headline(m) or "  ".join(f"{k} {m[k]:.3g}" for k in ("loss_d", "loss_g") if isinstance(m.get(k), (int, float)))
 
 
 def _reason_without_stopper(m: dict, total_steps: int, scheduler: str | None) -> str:
@@ -311,7 +310,7 @@ def _trial_rows(grid, reasons: dict, total_steps: int, search_spec: SearchSpec, 
         m = dict(result.metrics or {})
         trial_id = m.get("trial_id") or Path(result.path).name
         reason = reasons.get(trial_id) or (_reason_without_stopper(m, total_steps, search_spec.scheduler) if result.error is None else "failed")
-        metrics = {k: (v if math.isfinite(v) else None) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k in _REPORTED}
+        metrics = {k: (v if math.isfinite(v) else None) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and _is_reported(k)}
         config = {k: _plain(v) for k, v in (result.config or {}).items() if k in search_spec.space}
         rows.append({
             "trial_id": trial_id, "config": config, "metrics": metrics, "steps": int(m.get("step", 0)), "stop_reason": reason,
@@ -321,7 +320,14 @@ def _trial_rows(grid, reasons: dict, total_steps: int, search_spec: SearchSpec, 
     return sorted(rows, key=lambda r: r["trial_id"])
 
 
-_REPORTED = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "img_per_s", "step_time", "modes", "high_quality", "reverse_kl", "mixture_score", "lr_g", "lr_d", "r1", "r2", "gp"}
+# The loop's own metrics, not Tune's bookkeeping (training_iteration, time_total_s, pid, ...).
+_REPORTED = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "img_per_s", "step_time", "eval_s", "lr_g", "lr_d", "r1", "r2", "gp",
+             "modes", "high_quality", "reverse_kl", "mixture_score",
+             "precision", "recall", "density", "coverage", "classes_covered", "class_kl"}
+
+
+def _is_reported(key: str) -> bool:
+    return key in _REPORTED or key.startswith(("fd_", "kid_"))  # image metrics carry their network's name
 
 
 def _plain(v):

@@ -114,3 +114,28 @@ def test_pbt_exploits_and_the_mutated_lr_is_in_use(tmp_path, monkeypatch):
             assert row["lr_g"] == pytest.approx(row["config"]["optim.lr_g"]) and row["lr_d"] == pytest.approx(row["config"]["optim.lr_d"])
             exploited |= row["config"]["optim.lr_g"] != first
     assert exploited, "PBT never exploited/explored"
+
+
+@pytest.mark.cluster
+def test_image_search_reports_fd_and_picks_the_lowest(tmp_path, mlflow_server):
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump({
+        "base": str(REPO / "jobs" / "digits.yaml"),
+        "model": {"base_channels": 8},
+        "train": {"steps": 200, "batch_size": 64, "eval_every": 100, "checkpoint_every": 100, "eval_samples": 300,
+                  "storage_path": str(tmp_path / "runs")},
+        "metrics": {"final_samples": 500},
+        "scaling": {"cpus_per_worker": 1},
+        "search": {"space": {"optim.lr_g": {"grid": [2.0e-4, 1.0e-3]}}, "scheduler": "none", "max_concurrent": 2},
+    }))
+    out = tmp_path / "result.json"
+    r = run_cli("search", str(path), "--json-out", str(out), "--tracking-uri", mlflow_server.uri, "--register", "digits-search",
+                cwd=tmp_path, env={"DISTGAN_CACHE": str(tmp_path / "cache")}, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = read_json(out)
+    fds = {t["trial_id"]: t["metrics"]["fd_digits"] for t in res["trials"]}
+    assert len(fds) == 2 and all(v > 0 for v in fds.values())
+    assert res["best"] == min(fds, key=fds.get)  # a distance: lower is better
+    assert {"classes_covered", "precision", "recall"} <= set(res["trials"][0]["metrics"])
+    version = MlflowClient(mlflow_server.uri).get_model_version("digits-search", "1")
+    assert float(version.tags["metric.fd_digits"]) == pytest.approx(fds[res["best"]]) and res["champion"] is True
