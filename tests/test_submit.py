@@ -36,9 +36,15 @@ class LocalRayCluster:
         self.marker = uuid.uuid4().hex
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        # The cluster's own token: `ray start` with token auth needs one, and a fresh machine has no
+        # ~/.ray/auth_token (nor should a test write there).
+        self.token_path = os.path.join(temp_dir, "auth_token")
+        with open(self.token_path, "w") as f:
+            f.write(uuid.uuid4().hex + uuid.uuid4().hex)
+        self._saved_token_path = None
 
     def _ray_start(self, *args: str) -> None:
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "DISTGAN_TEST_CLUSTER": self.marker}
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path, "DISTGAN_TEST_CLUSTER": self.marker}
         r = subprocess.run(["ray", "start", *args, "--temp-dir", self.temp_dir, "--node-ip-address", "127.0.0.1",
                             "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
         if r.returncode != 0:
@@ -46,6 +52,9 @@ class LocalRayCluster:
             raise RuntimeError(f"ray start failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
 
     def start(self) -> "LocalRayCluster":
+        """Start both nodes; until `stop`, clients started from this process use the cluster's token."""
+        self._saved_token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = self.token_path
         self._ray_start("--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus),
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                         "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
@@ -66,6 +75,11 @@ class LocalRayCluster:
         return mine
 
     def stop(self) -> None:
+        if os.environ.get("RAY_AUTH_TOKEN_PATH") == self.token_path:
+            if self._saved_token_path is None:
+                os.environ.pop("RAY_AUTH_TOKEN_PATH")
+            else:
+                os.environ["RAY_AUTH_TOKEN_PATH"] = self._saved_token_path
         for _ in range(3):  # a dying raylet may still start a worker: sweep until none is left
             procs = self.processes()
             if not procs:
@@ -295,7 +309,7 @@ def test_bad_spec_is_refused_before_anything_is_sent(cluster, tmp_path):
 @pytest.mark.cluster
 def test_missing_or_wrong_token_is_a_clear_exit_2(cluster, tmp_path):
     # no token anywhere this client looks (HOME without ~/.ray/auth_token, no RAY_AUTH_TOKEN)
-    env = {"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "", "RAY_AUTH_MODE": ""}
+    env = {"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_MODE": ""}
     r = _jobs(cluster, "list", cwd=tmp_path, env=env)
     assert r.returncode == 2 and "requires an auth token and none was found" in r.stderr and "ray get-auth-token" in r.stderr
     r = _jobs(cluster, "list", cwd=tmp_path, env={**env, "RAY_AUTH_MODE": "token"})
