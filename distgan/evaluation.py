@@ -40,10 +40,9 @@ class Evaluator:
         self._reference: reference.Reference | None = None
         if info.kind == "mixture":
             self.means, self.std = mixture_means(info.name), MIXTURE_STD[info.name]
-        if info.kind == "image":
-            choice = features.resolve(spec.metrics.feature_net, info.name, info.sample_shape)
-            if choice:
-                self.net = features.load(choice, device, spec.metrics.feature_name)
+        choice = features.choose(spec, info)
+        if choice:
+            self.net = features.load(choice, device, spec.metrics.feature_name)
 
     def _sample(self, G, n: int, seed: int) -> torch.Tensor:
         return engine.sample(G, n, self.spec.model.latent_dim, self.device, seed)
@@ -109,30 +108,30 @@ def headline(metrics: dict) -> str:
 
 
 def _checkpoint_state(path: Path) -> dict:
-    """state.pt of a checkpoint: the file, its directory, or the newest checkpoint of a run directory."""
-    if path.is_dir() and not (path / "state.pt").is_file():
-        found = sorted(path.glob("checkpoint_*/state.pt"), key=lambda p: p.stat().st_mtime)
+    """A checkpoint's state: the file, its directory, or the newest checkpoint of a run directory."""
+    from distgan.loop import CHECKPOINT_FILE, read_checkpoint
+
+    if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
+        found = sorted(path.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise InputError(f"{path} holds no state.pt and no checkpoint_*/state.pt; give a run directory, a checkpoint or a model URI")
+            raise InputError(f"{path} holds no {CHECKPOINT_FILE} and no checkpoint_*/{CHECKPOINT_FILE}; give a run directory, a checkpoint or a model URI")
         path = found[-1]
-    elif path.is_dir():
-        path = path / "state.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint(path)
 
 
 def evaluate_generator(source: str, data_arg: str | None = None, n: int | None = None, seed: int = 0,
                        feature_net: str | None = None, tracking_uri: str | None = None) -> dict:
     """`distgan eval`: the metrics of one generator (a model URI, a run directory or a checkpoint)
     on its data, or on `data_arg` (a built-in dataset name or a job spec whose data/metrics it takes)."""
-    from distgan import config, hub, models
+    from distgan import config, hub
+    from distgan.loop import checkpoint_generator
     from distgan.train import preflight
 
     if Path(source).exists():
         state = _checkpoint_state(Path(source))
         spec = JobSpec.model_validate(state["spec"])
         sample_shape = tuple(data.inspect(spec.data).sample_shape)
-        generator, _ = models.build(spec.model, sample_shape)
-        generator.load_state_dict(state["engine"]["G_ema"])
+        generator = checkpoint_generator(state, spec.model, sample_shape)
     elif source.startswith(("models:/", "runs:/")):
         generator, meta = hub.load_generator(source, tracking_uri)
         sample_shape = tuple(meta["sample_shape"])

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from distgan import data, engine, models
-from distgan.config import JobSpec
+from distgan.config import JobSpec, ModelSpec
 from distgan.data import DataInfo
 from distgan.evaluation import Evaluator
 from distgan.tracking import RunRecord
@@ -179,6 +179,19 @@ def _report(session: Session, eng: engine.Engine, step: int, metrics: dict, chec
             state = {"engine": eng.state_dict(), "step": step, "rng": rng, "spec": spec.model_dump(mode="json")}
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
         session.report(metrics | {"step": step}, tmp if rank == 0 else None)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's state, on the CPU: `path` is the checkpoint directory or its state file."""
+    path = Path(path)
+    return torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_generator(state: dict, model: ModelSpec, sample_shape: tuple[int, ...], which: str = "ema") -> torch.nn.Module:
+    """The EMA (`which="ema"`) or raw generator a checkpoint's state holds."""
+    generator, _ = models.build(model, sample_shape)
+    generator.load_state_dict(state["engine"]["G_ema" if which == "ema" else "G"])
+    return generator
 
 
 def _progress_line(step: int, total: int, m: dict, elapsed: float, done: int) -> str:

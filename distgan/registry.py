@@ -27,17 +27,23 @@ from pathlib import Path
 import torch
 
 from distgan.errors import InputError
+from distgan.metrics import is_quality
 from distgan.tracking import configure_env, fluent_uri, mlflow_client
 
 ALIAS = "champion"
 PYFUNC_FILE = Path(__file__).with_name("generator_pyfunc.py")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
-QUALITY_KEYS = ("modes", "high_quality", "reverse_kl", "precision", "recall", "density", "coverage", "classes_covered", "class_kl")
 
 
 def check_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise InputError(f"model name {name!r}: use letters, digits, '_', '-', '.' (e.g. grid25-gan)")
+
+
+def generator_meta(model, info, which: str, steps: int) -> dict:
+    """What `log_generator` stores beside the weights (ModelSpec, DataInfo): enough to rebuild and sample it."""
+    return {"model": model.model_dump(mode="json"), "sample_shape": list(info.sample_shape), "latent_dim": model.latent_dim,
+            "dataset": info.name, "kind": info.kind, "generator": which, "steps": steps}
 
 
 def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
@@ -69,10 +75,6 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
     return info.model_uri
 
 
-def _is_quality(key: str) -> bool:
-    return key in QUALITY_KEYS or key.startswith(("fd_", "kid_"))
-
-
 def _headline(kind: str, metrics: dict) -> tuple[str, tuple] | None:
     """(what was measured, values where higher is better), or None when there is no number."""
     if kind == "mixture" and all(metrics.get(k) is not None for k in ("modes", "high_quality")):
@@ -89,7 +91,7 @@ def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags
     import mlflow
 
     client = mlflow_client(uri)
-    quality = {k: v for k, v in metrics.items() if _is_quality(k) and v is not None}
+    quality = {k: v for k, v in metrics.items() if is_quality(k) and v is not None}
     version_tags = {**tags, "distgan.kind": kind, **{f"metric.{k}": str(v) for k, v in quality.items()}}
     with fluent_uri(uri):
         mv = mlflow.register_model(model_uri, name, tags=version_tags)

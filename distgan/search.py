@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from distgan import data, evaluation, loop, models, registry
+from distgan import data, evaluation, loop, registry
 from distgan import tracking as tracking_lib
 from distgan.config import JobSpec, validate_spec
 from distgan.data import DataInfo
 from distgan.divergence import TrialMonitor
 from distgan.metrics.mixture import mixture_means
 from distgan.search_config import SearchSpec, apply_config, tune_space
-from distgan.metrics import digits_net
-from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env, feature_net, ray_runtime_env
+from distgan.metrics import digits_net, features, is_quality
+from distgan.train import DEFAULT_STORAGE, Tracking, _worker_env, ray_runtime_env
 
 class TuneSession:
     """`loop.Session` for a one-worker trial running in its Tune trial process."""
@@ -215,13 +215,7 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
 
     tracking = tracking or Tracking()
     info = preflight(spec)
-    uri = None
-    if tracking.enabled:
-        tracking_lib.configure_env()
-        uri = tracking_lib.resolve_uri(tracking.tracking_uri)
-        tracking_lib.check_reachable(uri)
-        if tracking.register:
-            registry.check_name(tracking.register)
+    uri = tracking.prepare()
     storage = Path(spec.train.storage_path or DEFAULT_STORAGE).resolve()
     name = f"search-{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -253,7 +247,7 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
         # Tune's new console output ignores verbose=0; the legacy one honours it (our lines suffice)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         n_modes = len(mixture_means(spec.data.name)) if info.kind == "mixture" else None
-        if feature_net(spec, info) == "digits":  # labeled images: classes play the part of modes
+        if features.choose(spec, info) == "digits":  # labeled images: classes play the part of modes
             n_modes = digits_net.NUM_CLASSES
         stopper = _stopper(search_spec, n_modes) if search_spec.early_stop else None
         reasons = stopper.reasons if stopper else {}
@@ -321,13 +315,11 @@ def _trial_rows(grid, reasons: dict, total_steps: int, search_spec: SearchSpec, 
 
 
 # The loop's own metrics, not Tune's bookkeeping (training_iteration, time_total_s, pid, ...).
-_REPORTED = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "img_per_s", "step_time", "eval_s", "lr_g", "lr_d", "r1", "r2", "gp",
-             "modes", "high_quality", "reverse_kl", "mixture_score",
-             "precision", "recall", "density", "coverage", "classes_covered", "class_kl"}
+_LOOP = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "img_per_s", "step_time", "eval_s", "lr_g", "lr_d", "r1", "r2", "gp", "mixture_score"}
 
 
 def _is_reported(key: str) -> bool:
-    return key in _REPORTED or key.startswith(("fd_", "kid_"))  # image metrics carry their network's name
+    return key in _LOOP or is_quality(key) or key.startswith("kid_")  # kid_<net>_se too
 
 
 def _plain(v):
@@ -366,11 +358,13 @@ def _record(doc: dict, parent: dict, trials: list[dict], spec: JobSpec, info: Da
     from distgan import plots
 
     uri, client = parent["uri"], tracking_lib.mlflow_client(parent["uri"])
-    for t in trials:
-        found = client.search_runs([parent["experiment_id"]], filter_string=f"tags.`distgan.trial_id` = '{t['trial_id']}'")
-        for run in found:
-            client.set_tag(run.info.run_id, "stop_reason", t["stop_reason"])
-            client.set_terminated(run.info.run_id, "FINISHED" if t["stop_reason"] not in ("failed", "diverged_nan") else "FAILED")
+    children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
+    stop_reasons = {t["trial_id"]: t["stop_reason"] for t in trials}
+    for run in children:
+        reason = stop_reasons.get(run.data.tags.get("distgan.trial_id"))
+        if reason:
+            client.set_tag(run.info.run_id, "stop_reason", reason)
+            client.set_terminated(run.info.run_id, "FINISHED" if reason not in ("failed", "diverged_nan") else "FAILED")
     table = pd.DataFrame([{"trial_id": t["trial_id"], **t["config"], **t["metrics"], "steps": t["steps"], "stop_reason": t["stop_reason"]} for t in trials])
     with tempfile.TemporaryDirectory() as tmp:
         table.to_csv(f"{tmp}/trials.csv", index=False)
@@ -386,12 +380,9 @@ def _record(doc: dict, parent: dict, trials: list[dict], spec: JobSpec, info: Da
 
         client.log_batch(parent["run_id"], metrics=[Metric(k, v, int(time.time() * 1000), best["steps"]) for k, v in best["metrics"].items() if v is not None])
         client.set_tag(parent["run_id"], "best_trial", best["trial_id"])
-        state = torch.load(Path(best["checkpoint"]) / loop.CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         best_spec = validate_spec(apply_config(spec.model_dump(mode="json"), best["config"]), "best trial")
-        generator, _ = models.build(best_spec.model, info.sample_shape)
-        generator.load_state_dict(state["engine"]["G_ema"])
-        meta = {"model": best_spec.model.model_dump(mode="json"), "sample_shape": list(info.sample_shape), "latent_dim": best_spec.model.latent_dim,
-                "dataset": spec.data.name, "kind": info.kind, "generator": "ema", "steps": best["steps"]}
+        generator = loop.checkpoint_generator(loop.read_checkpoint(best["checkpoint"]), best_spec.model, info.sample_shape)
+        meta = registry.generator_meta(best_spec.model, info, "ema", best["steps"])
         doc["logged_model_uri"] = registry.log_generator(uri, parent["run_id"], generator, meta)
         if tracking.register:
             reg = registry.register(uri, doc["logged_model_uri"], tracking.register, info.kind, best["metrics"],

@@ -27,13 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from distgan.config import JOBS_DIR, JobSpec, _apply_override, _describe, flatten, read_yaml, validate_spec
 from distgan.divergence import StopRules, lower_is_better
 from distgan.errors import InputError
-from distgan.metrics import features
+from distgan.metrics import CLASS_METRICS, IMAGE_METRICS, MIXTURE_METRICS, features
 
 DEFAULT_SEARCH = JOBS_DIR / "search-grid25.yaml"
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": None, "grid": None}
 LOOP_METRICS = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "img_per_s"}
 HEADLINE = {"mixture": "mixture_score"}
-QUALITY = {"mixture": {"modes", "high_quality", "reverse_kl", "mixture_score"}, "image": set(), "vector": set()}
+QUALITY = {"mixture": {*MIXTURE_METRICS, "mixture_score"}, "image": set(), "vector": set()}
 
 
 class AshaSpec(BaseModel):
@@ -160,12 +160,11 @@ def _check_space(spec: JobSpec, search: SearchSpec, source: str) -> None:
         raise InputError(f"{source}: scheduler pbt runs one-worker trials; set scaling.workers=1")
     info = data.inspect(spec.data)
     reported, headline = LOOP_METRICS | QUALITY[info.kind], HEADLINE.get(info.kind)
-    net = features.resolve(spec.metrics.feature_net, info.name, info.sample_shape) if info.kind == "image" else None
+    net = features.choose(spec, info)
     if net:  # image metrics are named after their feature network
         name = features.network_name(net, spec.metrics.feature_name)
         headline = f"fd_{name}"
-        reported |= {f"fd_{name}", f"kid_{name}", "precision", "recall", "density", "coverage"}
-        reported |= {"classes_covered", "class_kl"} if net == "digits" else set()
+        reported |= {f"fd_{name}", f"kid_{name}", *IMAGE_METRICS, *(CLASS_METRICS if net == "digits" else ())}
     if search.metric is None:
         if headline is None:
             raise InputError(f"{source}: {spec.data.name} has no headline quality metric (no feature network); set search.metric "

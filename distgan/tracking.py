@@ -154,8 +154,11 @@ def close_run(uri: str, run_id: str, status: str) -> None:
 
     from distgan import plots
 
+    from distgan.metrics import is_quality
+
     client = mlflow_client(uri)
-    for name, keys in (("losses", ["loss_d", "loss_g"]), ("quality", ["modes", "high_quality", "reverse_kl"])):
+    quality = sorted(k for k in client.get_run(run_id).data.metrics if is_quality(k))  # mixture or image metrics
+    for name, keys in (("losses", ["loss_d", "loss_g"]), ("quality", quality)):
         series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
         series = {k: sorted(v) for k, v in series.items() if v}
         if series:

@@ -115,7 +115,7 @@ def preflight(spec: JobSpec) -> DataInfo:
     problem = models.check_compatible(spec.model, info.sample_shape)
     if problem:
         raise InputError(problem)
-    net = feature_net(spec, info)
+    net = features.choose(spec, info)
     if net:
         features.check(net, info.sample_shape, spec.metrics.feature_name)
     per_worker = spec.train.batch_size // spec.scaling.workers
@@ -125,11 +125,6 @@ def preflight(spec: JobSpec) -> DataInfo:
             f"than the per-worker batch {per_worker}; lower train.batch_size or scaling.workers"
         )
     return info
-
-
-def feature_net(spec: JobSpec, info: DataInfo) -> str | None:
-    """The feature network the image metrics will use (None: none, or not image data)."""
-    return features.resolve(spec.metrics.feature_net, info.name, info.sample_shape) if info.kind == "image" else None
 
 
 def _check_cluster(spec: JobSpec, address: str | None) -> None:
@@ -185,6 +180,17 @@ class Tracking:
     register: str | None = None  # registered model name
     generator: str = "ema"  # which generator to log: "ema" or "raw"
 
+    def prepare(self) -> str | None:
+        """The tracking URI, checked (server reachable, model name valid) before Ray starts; None when off."""
+        if not self.enabled:
+            return None
+        tracking_lib.configure_env()  # before Ray copies the env to workers
+        uri = tracking_lib.resolve_uri(self.tracking_uri)
+        tracking_lib.check_reachable(uri)
+        if self.register:
+            registry.check_name(self.register)
+        return uri
+
 
 def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Tracking | None = None) -> dict:
     """Run one training job to completion; returns the result document (see README, --json-out)."""
@@ -192,13 +198,7 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
     info = preflight(spec)
     if address is None:
         _check_cluster(spec, None)
-    uri = None
-    if tracking.enabled:
-        tracking_lib.configure_env()  # before Ray copies the env to workers
-        uri = tracking_lib.resolve_uri(tracking.tracking_uri)
-        tracking_lib.check_reachable(uri)
-        if tracking.register:
-            registry.check_name(tracking.register)
+    uri = tracking.prepare()
     storage = Path(spec.train.storage_path or DEFAULT_STORAGE).resolve()
     if spec.train.name is None:
         spec.train.name = f"{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -222,7 +222,7 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
                     f"tracking URI {uri} is a local SQLite file, but the cluster at {address} has several nodes: "
                     f"start an `mlflow server` and pass --tracking-uri http://HOST:PORT"
                 )
-        net = feature_net(spec, info)
+        net = features.choose(spec, info)
         if info.kind == "image" and net is None:
             echo(f"note: no feature network for {spec.data.name} data, so no image metrics (set metrics.feature_net; see README)")
         run_id = None
@@ -316,18 +316,8 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
 
 def _log_and_register(doc: dict, spec: JobSpec, info: DataInfo, uri: str, run_id: str, checkpoint: str, tracking: Tracking) -> None:
     """The final generator to MLflow and, when asked, to the registry under the champion rule."""
-    state = torch.load(Path(checkpoint) / loop.CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    generator, _ = models.build(spec.model, info.sample_shape)
-    generator.load_state_dict(state["engine"]["G_ema" if tracking.generator == "ema" else "G"])
-    meta = {
-        "model": spec.model.model_dump(mode="json"),
-        "sample_shape": list(info.sample_shape),
-        "latent_dim": spec.model.latent_dim,
-        "dataset": spec.data.name,
-        "kind": info.kind,
-        "generator": tracking.generator,
-        "steps": doc["steps"],
-    }
+    generator = loop.checkpoint_generator(loop.read_checkpoint(checkpoint), spec.model, info.sample_shape, tracking.generator)
+    meta = registry.generator_meta(spec.model, info, tracking.generator, doc["steps"])
     doc["logged_model_uri"] = registry.log_generator(uri, run_id, generator, meta)
     if tracking.register:
         quality = evaluation.headline(doc["metrics"])

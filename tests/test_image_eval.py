@@ -92,14 +92,14 @@ def test_feature_net_refusals(tmp_path, monkeypatch):
         features.check(str(tmp_path / "missing.pt"), (1, 8, 8))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert not features.inception_cached()
-    assert features.resolve("auto", "imagefolder", (3, 32, 32)) is None  # never a silent download
+    assert features.resolve("auto", "imagefolder") is None  # never a silent download
     with pytest.raises(InputError, match="inception"):
         features.check("inception", (3, 32, 32))
 
 
 def test_auto_picks_the_digits_net_for_digits():
-    assert features.resolve("auto", "digits", (1, 8, 8)) == "digits"
-    assert features.resolve("none", "digits", (1, 8, 8)) is None
+    assert features.resolve("auto", "digits") == "digits"
+    assert features.resolve("none", "digits") is None
 
 
 def _digits_checkpoint(tmp_path, steps: int = 3):

@@ -30,7 +30,6 @@ INCEPTION_FETCH = 'pip install pytorch-fid && python -c "from pytorch_fid.incept
 class FeatureNet:
     name: str  # goes into metric names: fd_<name>
     net: torch.nn.Module
-    sample_shape: tuple[int, int, int] | None  # the input it takes; None: any image size
     digest: str  # sha256 of the weights, for cache keys and the run's tags
     num_classes: int | None = None  # set when the net also classifies (class coverage)
 
@@ -61,7 +60,12 @@ def _digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve(choice: str, dataset: str, sample_shape: tuple[int, ...]) -> str | None:
+def choose(spec, info) -> str | None:
+    """The network the image metrics of this job (JobSpec, DataInfo) use; None: not images, or none."""
+    return resolve(spec.metrics.feature_net, info.name) if info.kind == "image" else None
+
+
+def resolve(choice: str, dataset: str) -> str | None:
     """Which network `metrics.feature_net` means for this data: 'auto' picks `digits` for the
     digits, else `inception` when its weights are cached, else none (the run says so)."""
     if choice != "auto":
@@ -111,15 +115,15 @@ def load(choice: str, device: torch.device | str = "cpu", feature_name: str | No
         from distgan.metrics import digits_net
 
         net = digits_net.load()
-        return FeatureNet("digits", net.to(device), (1, 8, 8), _digest(net), digits_net.NUM_CLASSES)
+        return FeatureNet("digits", net.to(device), _digest(net), digits_net.NUM_CLASSES)
     if choice == "inception":
         _check_inception()
         from pytorch_fid.inception import InceptionV3
 
         net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()  # loads from the cache, checked above
-        return FeatureNet("inception", net.to(device), None, _digest(net))
+        return FeatureNet("inception", net.to(device), _digest(net))
     if choice.endswith(".pt2"):  # a torch.export program
         net = torch.export.load(choice).module().to(device)
     else:
         net = torch.jit.load(choice, map_location=device).eval()
-    return FeatureNet(network_name(choice, feature_name), net, None, _digest(net))
+    return FeatureNet(network_name(choice, feature_name), net, _digest(net))
