@@ -192,6 +192,14 @@ def _tracking_server(args: argparse.Namespace) -> int:
     return 0  # not reached: the server replaces this process
 
 
+def _tracking_options(p: argparse.ArgumentParser, uri_help: str, register_help: str, off_help: str) -> None:
+    """MLflow options of the commands that train (train, search, submit)."""
+    p.add_argument("--tracking-uri", help=uri_help)
+    p.add_argument("--experiment", default="distgan", help="MLflow experiment name (default: distgan)")
+    p.add_argument("--register", metavar="NAME", help=register_help)
+    p.add_argument("--no-tracking", action="store_true", help=off_help)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distgan", description="Distributed GAN training on Ray, tracked in MLflow.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,11 +212,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     t.add_argument("--name", help="run name (train.name); an existing name resumes that run")
     t.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
-    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
-    t.add_argument("--experiment", default="distgan", help="MLflow experiment name (default: distgan)")
-    t.add_argument("--register", metavar="NAME", help="register the generator in the Model Registry under NAME")
+    _tracking_options(t, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+                      "register the generator in the Model Registry under NAME", "no MLflow run (the run directory still records everything)")
     t.add_argument("--generator", choices=["ema", "raw"], default="ema", help="which generator to log (default: ema)")
-    t.add_argument("--no-tracking", action="store_true", help="no MLflow run (the run directory still records everything)")
     t.set_defaults(fn=_train)
 
     s = sub.add_parser("search", help="search hyperparameters with Ray Tune (default: jobs/search-grid25.yaml)")
@@ -217,10 +223,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, help="number of trials (search.trials)")
     s.add_argument("--address", help="join this Ray cluster (default: start a local Ray in-process)")
     s.add_argument("--no-early-stop", action="store_true", help="no divergence stopper and no ASHA: every trial runs to the end")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default as for train)")
-    s.add_argument("--experiment", default="distgan", help="MLflow experiment name (default: distgan)")
-    s.add_argument("--register", metavar="NAME", help="register the best trial's generator under NAME")
-    s.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
+    _tracking_options(s, "MLflow tracking URI (default as for train)", "register the best trial's generator under NAME", "no MLflow runs")
     s.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
     s.set_defaults(fn=_search)
 
@@ -261,10 +264,8 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (checked here, applied there)")
     sb.add_argument("--workers", type=int, help="number of Train workers (scaling.workers)")
     sb.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
-    sb.add_argument("--tracking-uri", help="MLflow server the cluster reaches, http://HEAD:5000 (default: $MLFLOW_TRACKING_URI)")
-    sb.add_argument("--experiment", default="distgan", help="MLflow experiment name (default: distgan)")
-    sb.add_argument("--register", metavar="NAME", help="register the generator under NAME")
-    sb.add_argument("--no-tracking", action="store_true", help="no MLflow run")
+    _tracking_options(sb, "MLflow server the cluster reaches, http://HEAD:5000 (default: $MLFLOW_TRACKING_URI)",
+                      "register the generator under NAME", "no MLflow run")
     sb.add_argument("--ship-code", action="store_true", help="send this machine's distgan package with the job (py_modules)")
     sb.add_argument("--python", help="the cluster's Python for the job (default: the interpreter Ray runs in there)")
     sb.add_argument("--workdir", metavar="DIR", help="directory on the cluster the job runs in (default: ~/distgan_jobs/JOB_ID)")
