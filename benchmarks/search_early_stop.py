@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from distgan import search, search_config, train
+from distgan.commands import search
+from distgan.tracking.run import TrackingOptions
 
 
 def run(path, overrides: list[str], early: bool) -> dict:
-    spec, s = search_config.load_search(path, overrides + [f"search.early_stop={str(early).lower()}"])
+    spec, s = search.load(path, overrides + [f"search.early_stop={str(early).lower()}"])
     t0 = time.perf_counter()
-    res = search.search(spec, s, echo=lambda line: None, tracking=train.Tracking(enabled=False))
+    res = search.search(spec, s, echo=lambda line: None, tracking=TrackingOptions(enabled=False)).to_json()
     res["wall"] = time.perf_counter() - t0
     res["metric"] = s.metric
     return res
@@ -29,8 +30,10 @@ def describe(label: str, res: dict) -> str:
     reasons: dict[str, int] = {}
     for t in res["trials"]:
         reasons[t["stop_reason"]] = reasons.get(t["stop_reason"], 0) + 1
-    return (f"{label:>16}: {res['steps']:>7} steps, {res['wall']:6.0f}s wall; best {res['best']} ({res['metric']} "
-            f"{m[res['metric']]:.4g}: {quality}); stop reasons {reasons}")
+    return (
+        f"{label:>16}: {res['steps']:>7} steps, {res['wall']:6.0f}s wall; best {res['best']} ({res['metric']} "
+        f"{m[res['metric']]:.4g}: {quality}); stop reasons {reasons}"
+    )
 
 
 def main() -> None:

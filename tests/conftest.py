@@ -76,22 +76,36 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` on a loopback port, with the lean settings of DESIGN.md; stopped by PID."""
+    """A real `mlflow server` on a loopback port, with lean settings (one worker, no job execution); stopped by PID."""
 
     def __init__(self, root: Path, port: int | None = None):
         self.root, self.port = Path(root), port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "MlflowServer":
+    def start(self, timeout: float = 90) -> MlflowServer:
         import time
         import urllib.request
 
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination",
-               str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root}/mlflow.db",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -99,7 +113,9 @@ class MlflowServer:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.5)
         raise RuntimeError("mlflow server did not start in time")
 
@@ -132,9 +148,16 @@ def pyfunc_venv() -> Path:
     torch_version = torch.__version__.split("+")[0]
     path = Path(os.environ.get("DISTGAN_TEST_VENV", f"/tmp/distgan-pyfunc-venv-{torch_version}-{mlflow.__version__}"))
     python = path / "bin" / "python"
-    probe = [str(python), "-c", "import mlflow, torch; import importlib.util as u; assert u.find_spec('distgan') is None"]
+    probe = [
+        str(python),
+        "-c",
+        "import mlflow, torch; import importlib.util as u; assert u.find_spec('distgan') is None",
+    ]
     if not (python.exists() and subprocess.run(probe, cwd="/", capture_output=True).returncode == 0):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"],
+            check=True,
+        )
         subprocess.run(probe, cwd="/", check=True)
     return python

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from distgan import engine, models
-from distgan.config import JobSpec
+from distgan import models
+from distgan.core import engine
 from distgan.metrics.mixture import mixture_means
+from distgan.spec.job import JobSpec
 
 
 def _engine(**sections) -> engine.Engine:

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from distgan import config, data
+from distgan import data
+from distgan.core.evaluator import Evaluator
 from distgan.errors import InputError
-from distgan.evaluation import Evaluator
 from distgan.metrics import digits_net, features, reference
+from distgan.spec import job as config
 
 
 class RealDigits(torch.nn.Module):
@@ -103,21 +104,16 @@ def test_auto_picks_the_digits_net_for_digits():
 
 
 def _digits_checkpoint(tmp_path, steps: int = 3):
-    """A run's checkpoint file as the loop writes it, from a few engine steps (no Ray needed)."""
-    from distgan import engine, models
-    from distgan.loop import CHECKPOINT_FILE
+    """A run's checkpoint as the loop writes it: a few steps of the real loop, in this process."""
+    from distgan.core import loop
 
-    spec = config.load_spec(config.JOBS_DIR / "digits.yaml", ["model.base_channels=8"])
-    info = data.inspect(spec.data)
-    G, D = models.build(spec.model, info.sample_shape)
-    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, torch.device("cpu"), False)
-    stream = data.batches(spec.data, info, 32, 0, 1, 0)
-    for _ in range(steps):
-        eng.step([next(stream)])
-    ckpt = tmp_path / "run" / "checkpoint_000000"
-    ckpt.mkdir(parents=True)
-    torch.save({"engine": eng.state_dict(), "step": steps, "rng": [], "spec": spec.model_dump(mode="json")}, ckpt / CHECKPOINT_FILE)
-    return ckpt
+    spec = config.load_spec(
+        config.JOBS_DIR / "digits.yaml",
+        ["model.base_channels=8", "train.batch_size=32", f"train.steps={steps}", "train.eval_samples=64", "metrics.final_samples=64"],
+    )
+    session = loop.LocalSession(tmp_path / "run")
+    assert loop.run(spec, data.inspect(spec.data), session)["status"] == "finished"
+    return session.latest_checkpoint()
 
 
 def test_distgan_eval_on_a_checkpoint(tmp_path):
@@ -125,8 +121,16 @@ def test_distgan_eval_on_a_checkpoint(tmp_path):
 
     ckpt = _digits_checkpoint(tmp_path)
     out = tmp_path / "eval.json"
-    r = run_cli("eval", str(tmp_path / "run"), "--n", "400", "--json-out", str(out), cwd=tmp_path,
-                env={"DISTGAN_CACHE": str(tmp_path / "cache")})
+    r = run_cli(
+        "eval",
+        str(tmp_path / "run"),
+        "--n",
+        "400",
+        "--json-out",
+        str(out),
+        cwd=tmp_path,
+        env={"DISTGAN_CACHE": str(tmp_path / "cache")},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = read_json(out)
     assert res["dataset"] == "digits" and res["feature_net"] == "digits" and res["n"] == 400

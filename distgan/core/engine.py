@@ -1,6 +1,6 @@
 """One adversarial step, the EMA generator and sampling: pure PyTorch, no Ray.
 
-The loss (what is optimized) lives in `distgan.losses`; this module only runs it. G and D may be
+The loss (what is optimized) lives in `distgan.core.losses`; this module only runs it. G and D may be
 wrapped in DistributedDataParallel; the step order below is the one that is correct under DDP:
 
 1. D step(s): G makes a batch without grad; ONE D forward over cat(real, fake[, interpolates]) so
@@ -19,8 +19,8 @@ import math
 import torch
 import torch.nn as nn
 
-from distgan import losses
-from distgan.config import LossSpec, OptimSpec
+from distgan.core import losses
+from distgan.spec.job import LossSpec, OptimSpec
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -156,7 +156,9 @@ def all_finite(stats: dict[str, torch.Tensor]) -> bool:
 
 
 @torch.no_grad()
-def sample(generator: nn.Module, n: int, latent_dim: int, device: torch.device, seed: int, batch: int = 4096) -> torch.Tensor:
+def sample(
+    generator: nn.Module, n: int, latent_dim: int, device: torch.device, seed: int, batch: int = 4096
+) -> torch.Tensor:
     """n samples from `generator` with latents drawn from a private RNG (leaves global RNG alone)."""
     # All latents drawn at once, so the samples do not depend on `batch` (the CPU normal sampler
     # draws differently for different tensor sizes).

@@ -1,13 +1,14 @@
 """The training loop of one worker, top to bottom: resume, step, evaluate, checkpoint, finish.
 
-It runs under Ray Train (see `distgan.train`) but talks to Ray only through the small `Session`
-it is given, so a Tune trial can run the same loop in its own process.
+It talks to its runner only through a `Session` (Ray Train, a Tune trial running it in-process, or
+`LocalSession` here: one process, no Ray) and writes through a `Recorder` (rank 0 only), so it can
+be run and tested without Ray or MLflow.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -18,17 +19,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distgan import data, engine, models
-from distgan.config import JobSpec, ModelSpec
+from distgan import data, models
+from distgan.core import checkpoint, engine
+from distgan.core.dist import any_rank, gather, parameter_digest
+from distgan.core.evaluator import Evaluator
 from distgan.data import DataInfo
-from distgan.evaluation import Evaluator
-from distgan.tracking import RunRecord
-
-CHECKPOINT_FILE = "state.pt"
+from distgan.spec.job import JobSpec
 
 
 class Session(Protocol):
-    """What the loop needs from its runner (Ray Train, or a Tune trial running it in-process)."""
+    """What the loop needs from its runner."""
 
     rank: int
     world: int
@@ -42,29 +42,47 @@ class Session(Protocol):
     def progress(self, line: str) -> None: ...
 
 
-def _gather(obj) -> list:
-    """obj from every rank (a collective: every rank must call it)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+class Recorder(Protocol):
+    """Where rank 0 writes the run's record (see `distgan.tracking.record.RunRecord`)."""
+
+    def log_spec(self, spec: dict) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_image(self, png: bytes, name: str) -> None: ...
+    def metric_history(self) -> list[dict]: ...
+    def close(self) -> int: ...
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t)
-    return bool(t.item())
+class LocalSession:
+    """One process, no Ray: checkpoints go to `<run_dir>/checkpoint_<step>` (the newest `keep`
+    kept), reports are kept in `reports`. For tests, notebooks and the benchmarks."""
 
+    rank, world, node_id = 0, 1, "local"
 
-def parameter_digest(module: torch.nn.Module) -> str:
-    """sha256 of all parameters' bytes: equal digests across ranks = replicas in sync."""
-    h = hashlib.sha256()
-    for p in engine.unwrap(module).parameters():
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu", echo=None, keep: int = 2):
+        self.run_dir, self.device, self.keep = Path(run_dir), torch.device(device), keep
+        self.echo = echo
+        self.reports: list[dict] = []
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def latest_checkpoint(self) -> Path | None:
+        return checkpoint.latest(self.run_dir)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is None:
+            return
+        shutil.copytree(checkpoint_dir, self.run_dir / f"checkpoint_{metrics['step']:07d}")
+        for old in sorted(self.run_dir.glob("checkpoint_*"))[: -self.keep]:
+            shutil.rmtree(old)
+
+    def data_shard(self):
+        return None
+
+    def progress(self, line: str) -> None:
+        if self.echo:
+            self.echo(line)
 
 
 def _maybe_fail(step: int, rank: int) -> None:
@@ -79,9 +97,9 @@ def _maybe_fail(step: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None, tracking: dict | None = None) -> dict:
+def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None = None) -> dict:
     """Train to `spec.train.steps` generator steps (resuming from the latest checkpoint); rank 0's
-    result dict is the run's result."""
+    result dict is the run's result. `record`: rank 0's recorder (None on the other ranks)."""
     rank, world, device, t = session.rank, session.world, session.device, spec.train
     is_chief = rank == 0
 
@@ -94,7 +112,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
     start = 0
     ckpt = session.latest_checkpoint()
     if ckpt is not None:
-        state = torch.load(ckpt / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        state = torch.load(ckpt / checkpoint.CHECKPOINT_FILE, map_location=device, weights_only=True)
         eng.load_state_dict(state["engine"])
         start = state["step"]
         rng = state["rng"]
@@ -110,10 +128,9 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
     per_worker_batch = t.batch_size // world
     # Re-seed the data stream on resume; a stream's position is not worth checkpointing.
     stream = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
-    record = RunRecord(record_dir, tracking, warn=session.progress) if is_chief and record_dir else None
-    if record and start == 0:
+    if record is not None and start == 0:
         record.log_spec(spec.model_dump(mode="json"))
-    evaluator = Evaluator(spec, info, device, rank, world, _gather)
+    evaluator = Evaluator(spec, info, device, rank, world, gather)
 
     totals: dict[str, float] = {}
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
@@ -126,34 +143,35 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
         interval_steps += 1
 
         evaluate = step % t.eval_every == 0 or step == t.steps
-        checkpoint = step % t.checkpoint_every == 0 or step == t.steps
-        if not (evaluate or checkpoint):
+        save = step % t.checkpoint_every == 0 or step == t.steps
+        if not (evaluate or save):
             continue
         elapsed = time.perf_counter() - interval_start
         metrics = {k: float(v) / interval_steps for k, v in totals.items()}
         metrics |= {"step_time": elapsed / interval_steps, "img_per_s": interval_steps * t.batch_size / elapsed}
         metrics |= {"lr_g": eng.opt_g.param_groups[0]["lr"], "lr_d": eng.opt_d.param_groups[0]["lr"]}
-        diverged = _any_rank(not all(np.isfinite(list(metrics.values()))), device)
+        diverged = any_rank(not all(np.isfinite(list(metrics.values()))), device)
         if evaluate:
             # A collective for image metrics (each rank samples its share); the numbers land on rank 0.
             eval_start = time.perf_counter()
             metrics |= evaluator.evaluate(eng.G_ema, step, final=step == t.steps, record=record)
             metrics["eval_s"] = time.perf_counter() - eval_start
         if is_chief and evaluate:
-            record.log_metrics(metrics, step)
+            if record is not None:
+                record.log_metrics(metrics, step)
             session.progress(_progress_line(step, t.steps, metrics, time.perf_counter() - run_start, step - start))
         if diverged:
             status = "diverged"
-        _report(session, eng, step, metrics, checkpoint and not diverged, rank, spec)  # keep the last good one
+        _report(session, eng, step, metrics, save and not diverged, rank, spec)  # keep the last good one
         if diverged:
             if is_chief:
                 session.progress(f"step {step}: loss or gradient is NaN/Inf; stopping (status diverged)")
             break
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
-    undelivered = record.close() if record else 0
-    digests = _gather((parameter_digest(G), parameter_digest(D)))
-    if step == start and is_chief and record:  # resumed at the end: report the recorded final metrics
+    undelivered = record.close() if record is not None else 0
+    digests = gather((parameter_digest(G), parameter_digest(D)))
+    if step == start and record is not None:  # resumed at the end: report the recorded final metrics
         history = record.metric_history()
         metrics = history[-1] if history else {}
         metrics.pop("step", None)
@@ -165,38 +183,33 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
         "ranks_in_sync": all(d == digests[0] for d in digests),
         "tracking_undelivered": undelivered,
         "param_digests": [{"G": g, "D": d} for g, d in digests],
-        "node_ids": _gather(session.node_id),
+        "node_ids": gather(session.node_id),
     }
 
 
-def _report(session: Session, eng: engine.Engine, step: int, metrics: dict, checkpoint: bool, rank: int, spec: JobSpec) -> None:
-    if not checkpoint:
+def _report(
+    session: Session, eng: engine.Engine, step: int, metrics: dict, save: bool, rank: int, spec: JobSpec
+) -> None:
+    if not save:
         session.report(metrics | {"step": step}, None)
         return
-    rng = _gather(torch.get_rng_state())
+    rng = gather(torch.get_rng_state())
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
-            state = {"engine": eng.state_dict(), "step": step, "rng": rng, "spec": spec.model_dump(mode="json")}
-            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+            checkpoint.write(
+                tmp, {"engine": eng.state_dict(), "step": step, "rng": rng, "spec": spec.model_dump(mode="json")}
+            )
         session.report(metrics | {"step": step}, tmp if rank == 0 else None)
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's state, on the CPU: `path` is the checkpoint directory or its state file."""
-    path = Path(path)
-    return torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu", weights_only=True)
-
-
-def checkpoint_generator(state: dict, model: ModelSpec, sample_shape: tuple[int, ...], which: str = "ema") -> torch.nn.Module:
-    """The EMA (`which="ema"`) or raw generator a checkpoint's state holds."""
-    generator, _ = models.build(model, sample_shape)
-    generator.load_state_dict(state["engine"]["G_ema" if which == "ema" else "G"])
-    return generator
 
 
 def _progress_line(step: int, total: int, m: dict, elapsed: float, done: int) -> str:
     eta = elapsed / max(done, 1) * (total - step)
-    parts = [f"step {step:>{len(str(total))}}/{total}", f"loss_d {m['loss_d']:.3f}", f"loss_g {m['loss_g']:.3f}", f"{m['img_per_s']:,.0f} img/s"]
+    parts = [
+        f"step {step:>{len(str(total))}}/{total}",
+        f"loss_d {m['loss_d']:.3f}",
+        f"loss_g {m['loss_g']:.3f}",
+        f"{m['img_per_s']:,.0f} img/s",
+    ]
     if "modes" in m:
         parts.append(f"modes {m['modes']:.1f}  hq {m['high_quality']:.1%}  rkl {m['reverse_kl']:.3f}")
     fd = next((k for k in m if k.startswith("fd_")), None)

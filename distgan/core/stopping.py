@@ -21,31 +21,19 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field
-
-LOSS_AND_GRAD = ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Distances and losses: fd_*, kid_*, loss_*, *_kl (reverse_kl, class_kl)."""
-    return metric.startswith(("fd_", "kid_", "loss_")) or metric.endswith("_kl")
-
-
-class StopRules(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    grad_norm_max: float = Field(1e3, gt=0)
-    d_loss_floor: float = Field(0.05, ge=0)
-    d_collapse_evals: int = Field(3, ge=1)
-    mode_fraction: float = Field(0.5, ge=0, le=1)
-    min_mode_fraction: float = Field(0.25, ge=0, le=1)
-    grace_evals: int = Field(3, ge=0)
-    patience_evals: int = Field(4, ge=1)
-    converged: dict[str, float] = Field(default_factory=dict)  # metric -> target (reached when >=)
+from distgan.metrics.names import LOSS_AND_GRAD, lower_is_better
+from distgan.spec.search import StopRules
 
 
 class TrialMonitor:
-    def __init__(self, rules: StopRules, metric: str, mode: str, progress_keys: list[str] | None = None, n_modes: int | None = None):
+    def __init__(
+        self,
+        rules: StopRules,
+        metric: str,
+        mode: str,
+        progress_keys: list[str] | None = None,
+        n_modes: int | None = None,
+    ):
         """n_modes: the mixture's modes, or the number of classes of labeled images (None: unknown)."""
         self.rules, self.sign, self.n_modes = rules, 1.0 if mode == "max" else -1.0, n_modes
         # a composite score can stall while its parts still improve (a mode lost, quality rising)

@@ -1,8 +1,8 @@
 """Datasets: what the data is (`inspect`, on the driver, before Ray), and batches of it (`batches`, in a worker).
 
 Built-ins live in memory of each worker (mixtures are drawn fresh; digits are sharded by rank).
-User data goes through Ray Data: the driver builds and materializes the pipeline, Ray Train
-shards it across workers (`get_dataset_shard`), and the worker iterates its shard in epochs.
+User data goes through Ray Data (`distgan.runtime.ray_data`): Ray Train shards it across workers
+(`get_dataset_shard`), and the worker iterates its shard in epochs here.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from distgan.config import DataSpec
 from distgan.data import builtin, files
+from distgan.spec.job import DataSpec
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,9 @@ def inspect(spec: DataSpec) -> DataInfo:
     return DataInfo("imagefolder", "image", shape, rows)
 
 
-def ray_dataset(spec: DataSpec, info: DataInfo):
-    """The materialized Ray Dataset for user data (column 'x'); None for built-ins.
-
-    Materialized before training starts: with as many Train workers as CPUs, a lazy pipeline
-    would have no CPU left for its read tasks and hang.
-    """
-    if spec.name == "parquet":
-        return files.parquet_dataset(spec.path, spec.column, info.kind, info.sample_shape).materialize()
-    if spec.name == "imagefolder":
-        return files.image_folder_dataset(spec.path, info.sample_shape).materialize()
-    return None
-
-
-def batches(spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None) -> Iterator[torch.Tensor]:
+def batches(
+    spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None
+) -> Iterator[torch.Tensor]:
     """Endless batches of real samples for one worker (`shard`: its Ray Data shard, for user data)."""
     stream_seed = seed * 1_000_003 + rank
     if info.kind == "mixture":
@@ -72,7 +61,10 @@ def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     while True:
         yielded = False
         for batch in shard.iter_torch_batches(
-            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch
+            batch_size=batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_seed=seed + epoch,
         ):
             yielded = True
             yield batch["x"]
@@ -85,7 +77,7 @@ def real_images(spec: DataSpec, info: DataInfo, limit: int) -> tuple[np.ndarray,
     """Up to `limit` real images as [N, C, H, W] float32 in [-1, 1], and their class labels when
     the data has them (the built-in digits): the reference side of the image metrics."""
     if spec.name == "digits":
-        keep = files._spread(info.num_rows, limit)
+        keep = files.spread(info.num_rows, limit)
         return builtin.digits_array()[keep], builtin.digits_labels()[keep]
     if spec.name == "parquet":
         return files.read_parquet_images(spec.path, spec.column, info.sample_shape[0], limit), None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from distgan.config import ModelSpec
 from distgan.models import dcgan, mlp
+from distgan.spec.job import ModelSpec
 
 
 def build(spec: ModelSpec, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from distgan.config import ModelSpec
+from distgan.spec.job import ModelSpec
 
 SIZES = (8, 16, 32, 64)
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from distgan.config import ModelSpec
+from distgan.spec.job import ModelSpec
 
 
 def _stack(sizes: list[int], act: nn.Module, sn: bool = False) -> nn.Sequential:

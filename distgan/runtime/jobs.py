@@ -1,37 +1,21 @@
-"""Ray Jobs: submit a job spec to a Ray cluster, follow it, list, inspect and stop jobs; and the
-MLflow tracking server a cluster's head node runs.
-
-`submit` validates the spec here (nothing is sent when it is wrong), then hands the cluster one
-Ray job through `JobSubmissionClient`: the spec file travels as the job's `working_dir`, the
-overrides as `--set` arguments, and the cluster-side command is `distgan train|search ... --address
-auto`. The job's Python is the interpreter Ray itself runs in on the cluster (see `DEFAULT_PYTHON`),
-so the job never depends on which `python` the raylet's PATH happens to find.
-"""
+"""Ray Jobs: connect to a cluster's dashboard (token auth, clear errors), submit, follow, list,
+inspect and stop jobs. What a distgan job is made of lives in `distgan.commands.submit`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shlex
-import shutil
 import socket
 import sys
-import tempfile
 import time
-import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from distgan.errors import InputError
 
-# The entrypoint's shell is a child of the job's supervisor, a Ray worker process: /proc/$PPID/exe
-# is the interpreter Ray runs in on the cluster (where cluster.yaml installs distgan), whatever
-# PATH the raylet was started with. `python3` only where /proc is missing (not Linux).
-DEFAULT_PYTHON = '"$(readlink /proc/$PPID/exe || echo python3)"'
 RESULT_MARK = "--- distgan result.json ---"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONNECT_TIMEOUT_S = 5.0
@@ -64,7 +48,9 @@ def auth_token() -> tuple[str | None, str]:
     if explicit := os.environ.get("RAY_AUTH_TOKEN_PATH"):
         path = Path(explicit)
         if not (path.is_file() and path.read_text().strip()):  # Ray itself aborts on this
-            raise InputError(f"RAY_AUTH_TOKEN_PATH={explicit} is missing or empty: point it at the cluster's token file")
+            raise InputError(
+                f"RAY_AUTH_TOKEN_PATH={explicit} is missing or empty: point it at the cluster's token file"
+            )
         return path.read_text().strip(), str(path)
     path = Path.home() / ".ray" / "auth_token"
     if path.is_file() and path.read_text().strip():
@@ -105,15 +91,20 @@ def _ray_errors(address: str, token_source: str):
             ) from None
         raise InputError(
             f"the Ray cluster at {address} requires an auth token and none was found here ({token_source}): copy the "
-            "head node's ~/.ray/auth_token (`ray get-auth-token` on the head) to ~/.ray/auth_token, or set RAY_AUTH_TOKEN"
+            "head node's ~/.ray/auth_token (`ray get-auth-token` on the head) to ~/.ray/auth_token, or set "
+            "RAY_AUTH_TOKEN"
         ) from None
     except ConnectionError as e:
         raise InputError(f"lost the Ray dashboard at {address}: {e}") from None
     except RuntimeError as e:  # Ray's client: an HTTP answer it did not expect
         if "does not exist" in str(e):
-            raise InputError(f"{str(e).split(': ', 1)[-1].rstrip('.')} at {address}; `distgan jobs list` shows the jobs") from None
+            raise InputError(
+                f"{str(e).split(': ', 1)[-1].rstrip('.')} at {address}; `distgan jobs list` shows the jobs"
+            ) from None
         if "Version check returned 404" in str(e):
-            raise InputError(f"{address} answers HTTP but is not a Ray dashboard: give the head node's dashboard address (port 8265)") from None
+            raise InputError(
+                f"{address} answers HTTP but is not a Ray dashboard: give the head node's dashboard address (port 8265)"
+            ) from None
         raise InputError(f"the Ray cluster at {address} answered: {str(e).splitlines()[0]}") from None
 
 
@@ -144,125 +135,6 @@ def connect(address: str | None) -> Cluster:
     with _ray_errors(address, source):
         client = JobSubmissionClient(address, headers=headers)
     return Cluster(address, client, source, token is not None)
-
-
-# --- submitting -------------------------------------------------------------------------------
-
-
-@dataclass
-class Submission:
-    """What the user asked `distgan submit` for."""
-
-    job: str
-    overrides: list[str] = field(default_factory=list)
-    tracking: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "distgan"
-    register: str | None = None
-    python: str = DEFAULT_PYTHON
-    ship_code: bool = False
-    workdir: str | None = None  # on the cluster; default $HOME/distgan_jobs/<job id>
-
-
-def validate(sub: Submission) -> tuple[str, list[Path]]:
-    """The spec as `distgan train|search` will read it on the cluster; InputError before anything
-    is sent. Returns the command and the files the job needs (the spec, and a search spec's base)."""
-    from distgan import config, search_config
-
-    path = Path(sub.job)
-    tree = config.read_yaml(path, "job spec", sub.job)
-    if "search" in tree:
-        search_config.load_search(path, sub.overrides)
-        base = path.parent / tree["base"] if isinstance(tree.get("base"), str) else None
-        return "search", [path] + ([base] if base is not None and base.is_file() else [])
-    config.load_spec(path, sub.overrides)
-    return "train", [path]
-
-
-def _is_loopback(host: str | None) -> bool:
-    return host in ("localhost", "127.0.0.1", "::1") or (host or "").startswith("127.")
-
-
-def job_env(sub: Submission, address: str, uses_token: bool) -> dict[str, str]:
-    """Env vars of the job (its driver and every Ray worker it starts)."""
-    from distgan import tracking
-
-    env = dict(tracking.MLFLOW_ENV)
-    # distgan's driver passes its MLFLOW_* vars on to its workers through ray.init(runtime_env=...);
-    # Ray refuses a driver that re-declares a job env var unless told that the driver's copy wins
-    # (the values are the same).
-    env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
-    if uses_token:
-        # `ray.init(address="auto")` in the job must speak token auth too (it reads the head's token file).
-        env["RAY_AUTH_MODE"] = "token"
-    if sub.tracking:
-        uri = tracking.resolve_uri(sub.tracking_uri)
-        remote = not _is_loopback(urlparse(address).hostname)
-        if tracking.is_local(uri) and remote:
-            raise InputError(
-                f"tracking URI {uri} is a SQLite file on this machine, which the cluster at {address} cannot see: "
-                "pass --tracking-uri http://HEAD:5000 (`distgan tracking-server` on the head), or --no-tracking"
-            )
-        if remote and _is_loopback(urlparse(uri).hostname):
-            raise InputError(
-                f"tracking URI {uri} means each cluster node itself: pass an address the workers reach, e.g. "
-                "--tracking-uri http://HEAD_PRIVATE_IP:5000"
-            )
-        env["MLFLOW_TRACKING_URI"] = uri
-    return env
-
-
-def entrypoint(sub: Submission, command: str, files: list[str], job_id: str) -> str:
-    """The job's shell command. Ray deletes the uploaded working_dir once the driver disconnects
-    from Ray (while it still logs the model and writes its result), and runs would be lost with it:
-    the job copies its files to a lasting directory and runs there."""
-    workdir = shlex.quote(sub.workdir) if sub.workdir else f'"$HOME/distgan_jobs/{job_id}"'
-    args = [command, files[0], "--address", "auto", "--json-out", "result.json"]
-    for assignment in sub.overrides:
-        args += ["--set", assignment]
-    if not sub.tracking:
-        args.append("--no-tracking")
-    else:
-        args += ["--experiment", sub.experiment] + (["--register", sub.register] if sub.register else [])
-    setup = f"mkdir -p {workdir} && cp {shlex.join(files)} {workdir}/ && cd {workdir}"
-    run = f"{sub.python} -m distgan {shlex.join(args)}"
-    # The result document comes back in the job's log, after a marker line (see `result_from_logs`).
-    return f'{setup} && {{ {run}; rc=$?; if [ -f result.json ]; then echo "{RESULT_MARK}"; cat result.json; fi; exit $rc; }}'
-
-
-def runtime_env(workdir: Path, env: dict[str, str], ship_code: bool) -> dict:
-    renv: dict = {"working_dir": str(workdir), "env_vars": env}
-    if ship_code:
-        # This checkout's distgan package, importable on every node ahead of an installed one.
-        renv["py_modules"] = [str(Path(__file__).resolve().parent)]
-        renv["excludes"] = ["__pycache__", "*.pyc"]
-    return renv
-
-
-def submit(sub: Submission, address: str | None) -> tuple[Cluster, dict]:
-    """Validate, connect, submit; returns the connection and {job_id, address, entrypoint}."""
-    from distgan import registry
-
-    command, files = validate(sub)
-    if sub.register:
-        registry.check_name(sub.register)
-    address = dashboard_address(address)
-    env = job_env(sub, address, uses_token=auth_token()[0] is not None)  # tracking checks before any connection
-    cluster = connect(address)
-    with tempfile.TemporaryDirectory(prefix="distgan-submit-") as tmp:
-        workdir = Path(tmp)
-        for f in files:
-            shutil.copy(f, workdir / f.name)
-        job_id = f"distgan-{command}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        ep = entrypoint(sub, command, [f.name for f in files], job_id)
-        cluster.call(
-            "submit_job",
-            submission_id=job_id,
-            entrypoint=ep,
-            runtime_env=runtime_env(workdir, env, sub.ship_code),
-            metadata={"distgan.command": command, "distgan.spec": files[0].name},
-        )
-    return cluster, {"job_id": job_id, "address": cluster.address, "entrypoint": ep}
 
 
 # --- watching ---------------------------------------------------------------------------------
@@ -340,25 +212,3 @@ def _job_doc(job) -> dict:
         "metadata": job.metadata or {},
         "driver_exit_code": getattr(job, "driver_exit_code", None),
     }
-
-
-# --- the tracking server ----------------------------------------------------------------------
-
-
-def tracking_server_command(host: str, port: int, backend_store_uri: str | None, artifacts_destination: str | None,
-                            allowed_hosts: str | None, workers: int) -> tuple[list[str], dict[str, str]]:
-    """`mlflow server` with the lean settings (one worker, no job execution: ~0.5 GB instead of 3 GB)."""
-    backend = backend_store_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
-    artifacts = artifacts_destination or str(Path("mlartifacts").resolve())
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts,
-            "--host", host, "--port", str(port), "--workers", str(workers)]
-    if allowed_hosts:
-        argv += ["--allowed-hosts", allowed_hosts]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return argv, env
-
-
-def run_tracking_server(**kwargs) -> None:
-    argv, env = tracking_server_command(**kwargs)
-    print(" ".join(shlex.quote(a) for a in argv[1:]), file=sys.stderr, flush=True)
-    os.execvpe(argv[0], argv, env)  # the server becomes this process: a foreground service

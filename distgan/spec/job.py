@@ -1,8 +1,8 @@
 """The job spec: a YAML file plus `--set a.b=c` overrides, typed and validated by pydantic.
 
 Everything that can be checked without Ray or data is checked here, so bad input fails in
-milliseconds with exit code 2. Data files are checked by `distgan.data.inspect`, cluster
-resources by `distgan.train` before it asks Ray for workers.
+milliseconds with exit code 2. Data files and model/data shapes are checked by
+`distgan.commands.preflight`, cluster resources by the train command before it asks Ray for workers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from distgan.errors import InputError
 
 BUILTIN_DATASETS = ("ring8", "grid25", "digits")
 # The job `distgan train` runs with no spec; the ready specs ship in the package (jobs/ links here).
-JOBS_DIR = Path(__file__).parent / "jobs"
+JOBS_DIR = Path(__file__).parents[1] / "jobs"
 DEFAULT_JOB = JOBS_DIR / "grid25.yaml"
 
 
@@ -108,7 +108,9 @@ class MetricsSpec(Section):
     # none; or digits | inception | none | a TorchScript file ([N,C,H,W] in [-1,1] -> [N,F]).
     feature_net: str = "auto"
     feature_name: str | None = Field(None, pattern=r"^[a-z0-9_]+$")  # names a TorchScript net's metrics
-    final_samples: int = Field(10000, ge=16)  # generated samples for the final metrics (train.eval_samples during training)
+    final_samples: int = Field(
+        10000, ge=16
+    )  # generated samples for the final metrics (train.eval_samples during training)
     reference_samples: int = Field(10000, ge=16)  # real images in the cached reference features
 
 
@@ -156,13 +158,17 @@ def _section_for(loc: tuple) -> type[BaseModel]:
     return cls
 
 
-def _describe(err: dict) -> str:
+def describe_error(err: dict) -> str:
     loc = tuple(err["loc"])
     dotted = ".".join(str(p) for p in loc) or "spec"
     if err["type"] == "extra_forbidden":
         valid = _field_names(_section_for(loc))
         near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else f"valid keys: {', '.join(valid)}"
+        hint = (
+            f"did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?"
+            if near
+            else f"valid keys: {', '.join(valid)}"
+        )
         return f"unknown key '{dotted}': {hint}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":  # our own validators name their keys
@@ -170,7 +176,7 @@ def _describe(err: dict) -> str:
     return f"{dotted}: {msg} (got {err.get('input')!r})"
 
 
-def _apply_override(tree: dict, assignment: str) -> None:
+def apply_override(tree: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise InputError(f"--set {assignment!r}: expected key.path=value, e.g. --set optim.lr_g=2e-4")
     path, raw = assignment.split("=", 1)
@@ -206,7 +212,7 @@ def load_spec(path: str | Path | None = None, overrides: list[str] = ()) -> JobS
     p = Path(path) if path is not None else DEFAULT_JOB
     tree = read_yaml(p, "job spec", source)
     for assignment in overrides:
-        _apply_override(tree, assignment)
+        apply_override(tree, assignment)
     return validate_spec(tree, source=source)
 
 
@@ -214,7 +220,7 @@ def validate_spec(tree: dict, source: str = "job spec") -> JobSpec:
     try:
         return JobSpec.model_validate(tree)
     except ValidationError as e:
-        problems = [_describe(err) for err in e.errors()]
+        problems = [describe_error(err) for err in e.errors()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(f"{source}: {problems[0]}{more}" + "".join(f"\n  {p}" for p in problems[1:3])) from None
 

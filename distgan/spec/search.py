@@ -11,8 +11,8 @@
       scheduler: asha          # asha | pbt | none
 
 Everything is validated before any trial starts: every key of the space is a job-spec key, every
-distribution well formed, every value it can draw valid for that key, and the metric one that the
-loop reports for this data.
+distribution well formed, every value it can draw valid for that key; the metric (one that the loop
+reports for this data) is checked against the data by `distgan.commands.preflight`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,26 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distgan.config import JOBS_DIR, JobSpec, _apply_override, _describe, flatten, read_yaml, validate_spec
-from distgan.divergence import StopRules, lower_is_better
 from distgan.errors import InputError
-from distgan.metrics import CLASS_METRICS, IMAGE_METRICS, MIXTURE_METRICS, features
+from distgan.spec.job import JOBS_DIR, JobSpec, apply_override, describe_error, flatten, read_yaml, validate_spec
 
 DEFAULT_SEARCH = JOBS_DIR / "search-grid25.yaml"
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": None, "grid": None}
-LOOP_METRICS = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "img_per_s"}
-HEADLINE = {"mixture": "mixture_score"}
-QUALITY = {"mixture": {*MIXTURE_METRICS, "mixture_score"}, "image": set(), "vector": set()}
+
+
+class StopRules(BaseModel):
+    """Thresholds of the early-stopping signals (see `distgan.core.stopping`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grad_norm_max: float = Field(1e3, gt=0)
+    d_loss_floor: float = Field(0.05, ge=0)
+    d_collapse_evals: int = Field(3, ge=1)
+    mode_fraction: float = Field(0.5, ge=0, le=1)
+    min_mode_fraction: float = Field(0.25, ge=0, le=1)
+    grace_evals: int = Field(3, ge=0)
+    patience_evals: int = Field(4, ge=1)
+    converged: dict[str, float] = Field(default_factory=dict)  # metric -> target (reached when >=)
 
 
 class AshaSpec(BaseModel):
@@ -75,14 +85,19 @@ def _number(value):
 def _candidates(key: str, dist: dict[str, Any], source: str) -> list:
     """The values a distribution can draw that bound what the job spec must accept."""
     if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        raise InputError(f"{source}: search.space.{key}: {dist!r} is not a distribution; use one of {', '.join(DISTRIBUTIONS)} (e.g. {{loguniform: [1.0e-4, 1.0e-3]}})")
-    (kind, args), = dist.items()
+        raise InputError(
+            f"{source}: search.space.{key}: {dist!r} is not a distribution; use one of "
+            f"{', '.join(DISTRIBUTIONS)} (e.g. {{loguniform: [1.0e-4, 1.0e-3]}})"
+        )
+    ((kind, args),) = dist.items()
     if not isinstance(args, list) or not args:
         raise InputError(f"{source}: search.space.{key}.{kind}: needs a list of values, got {args!r}")
     if DISTRIBUTIONS[kind] is not None:
         args = dist[kind] = [_number(a) for a in args]
         if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
-            raise InputError(f"{source}: search.space.{key}.{kind}: needs [low, high] numbers with low < high, got {args!r}")
+            raise InputError(
+                f"{source}: search.space.{key}.{kind}: needs [low, high] numbers with low < high, got {args!r}"
+            )
         if kind == "loguniform" and args[0] <= 0:
             raise InputError(f"{source}: search.space.{key}.loguniform: low must be > 0, got {args[0]}")
         return [args[0], args[1] - 1 if kind == "randint" else args[1]]
@@ -97,7 +112,9 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
     base_name = tree.pop("base", None)
     search_tree = tree.pop("search", None)
     if search_tree is None:
-        raise InputError(f"{source}: no 'search' section; a search spec is a job spec plus search: {{space: ..., trials: ...}}")
+        raise InputError(
+            f"{source}: no 'search' section; a search spec is a job spec plus search: {{space: ..., trials: ...}}"
+        )
     base: dict = {}
     if base_name:
         candidates = [p.parent / base_name, JOBS_DIR / base_name]
@@ -112,13 +129,13 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
             base[section] = values
     job_overrides = [o for o in overrides if not o.startswith("search.")]
     for assignment in job_overrides:
-        _apply_override(base, assignment)
+        apply_override(base, assignment)
     for assignment in overrides:
         if assignment.startswith("search.space.") and "=" in assignment:  # space keys are dotted themselves
             key, raw = assignment.removeprefix("search.space.").split("=", 1)
             search_tree.setdefault("space", {})[key] = yaml.safe_load(raw)
         elif assignment.startswith("search."):
-            _apply_override({"search": search_tree}, assignment)
+            apply_override({"search": search_tree}, assignment)
     spec = validate_spec(base, source)
     try:
         search = SearchSpec.model_validate(search_tree)
@@ -126,54 +143,57 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
         err = e.errors()[0]
         loc = ("search", *err["loc"])
         if err["type"] == "extra_forbidden":
-            valid = list((SearchSpec if len(loc) == 2 else getattr(SearchSpec.model_fields.get(loc[1]), "annotation", SearchSpec)).model_fields)
+            valid = list(
+                (
+                    SearchSpec
+                    if len(loc) == 2
+                    else getattr(SearchSpec.model_fields.get(loc[1]), "annotation", SearchSpec)
+                ).model_fields
+            )
             near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            raise InputError(f"{source}: unknown key '{'.'.join(map(str, loc))}'" + (f": did you mean '{near[0]}'?" if near else "")) from None
-        raise InputError(f"{source}: {_describe({**err, 'loc': loc})}") from None
+            raise InputError(
+                f"{source}: unknown key '{'.'.join(map(str, loc))}'" + (f": did you mean '{near[0]}'?" if near else "")
+            ) from None
+        raise InputError(f"{source}: {describe_error({**err, 'loc': loc})}") from None
     _check_space(spec, search, source)
     return spec, search
 
 
 def _check_space(spec: JobSpec, search: SearchSpec, source: str) -> None:
-    from distgan import data
-
     keys = flatten(spec)
     if not search.space:
-        raise InputError(f"{source}: search.space is empty; name at least one key, e.g. optim.lr_g: {{loguniform: [1.0e-4, 1.0e-3]}}")
+        raise InputError(
+            f"{source}: search.space is empty; name at least one key, e.g. optim.lr_g: {{loguniform: [1.0e-4, 1.0e-3]}}"
+        )
     tree = spec.model_dump(mode="json")
     for key, dist in search.space.items():
         if key not in keys:
             near = difflib.get_close_matches(key, list(keys), n=1)
-            raise InputError(f"{source}: search.space key '{key}' is not a job-spec key" + (f"; did you mean '{near[0]}'?" if near else ""))
+            raise InputError(
+                f"{source}: search.space key '{key}' is not a job-spec key"
+                + (f"; did you mean '{near[0]}'?" if near else "")
+            )
         for value in _candidates(key, dist, source):
             try:
                 validate_spec(apply_config(tree, {key: value}), "")
             except InputError as e:
-                raise InputError(f"{source}: search.space.{key} can draw {value!r}, which the job spec refuses:{str(e).removeprefix(':')}") from None
+                raise InputError(
+                    f"{source}: search.space.{key} can draw {value!r}, which the job spec "
+                    f"refuses:{str(e).removeprefix(':')}"
+                ) from None
     for key in search.pbt.mutate if search.scheduler == "pbt" else []:
         if key not in search.space or next(iter(search.space[key])) not in ("loguniform", "uniform"):
-            raise InputError(f"{source}: search.pbt.mutate key '{key}' must be in search.space with a loguniform/uniform range")
+            raise InputError(
+                f"{source}: search.pbt.mutate key '{key}' must be in search.space with a loguniform/uniform range"
+            )
     if search.scheduler == "asha" and search.asha.grace_period > spec.train.steps:
-        raise InputError(f"{source}: search.asha.grace_period={search.asha.grace_period} is more than train.steps={spec.train.steps}; "
-                         "lower it (ASHA cuts trials only after the grace period)")
+        raise InputError(
+            f"{source}: search.asha.grace_period={search.asha.grace_period} is more than "
+            f"train.steps={spec.train.steps}; "
+            "lower it (ASHA cuts trials only after the grace period)"
+        )
     if search.scheduler == "pbt" and spec.scaling.workers > 1:
         raise InputError(f"{source}: scheduler pbt runs one-worker trials; set scaling.workers=1")
-    info = data.inspect(spec.data)
-    reported, headline = LOOP_METRICS | QUALITY[info.kind], HEADLINE.get(info.kind)
-    net = features.choose(spec, info)
-    if net:  # image metrics are named after their feature network
-        name = features.network_name(net, spec.metrics.feature_name)
-        headline = f"fd_{name}"
-        reported |= {f"fd_{name}", f"kid_{name}", *IMAGE_METRICS, *(CLASS_METRICS if net == "digits" else ())}
-    if search.metric is None:
-        if headline is None:
-            raise InputError(f"{source}: {spec.data.name} has no headline quality metric (no feature network); set search.metric "
-                             f"(one of {', '.join(sorted(reported))}) or metrics.feature_net")
-        search.metric = headline
-    elif search.metric not in reported:
-        raise InputError(f"{source}: search.metric '{search.metric}' is not reported for {spec.data.name} data; choose one of {', '.join(sorted(reported))}")
-    if search.mode is None:
-        search.mode = "min" if lower_is_better(search.metric) else "max"
 
 
 def apply_config(tree: dict, config: dict[str, Any]) -> dict:
@@ -183,16 +203,3 @@ def apply_config(tree: dict, config: dict[str, Any]) -> dict:
         section, name = key.split(".", 1)
         out.setdefault(section, {})[name] = value
     return out
-
-
-def tune_space(search: SearchSpec) -> dict:
-    from ray import tune
-
-    make = {
-        "loguniform": lambda a: tune.loguniform(*a),
-        "uniform": lambda a: tune.uniform(*a),
-        "randint": lambda a: tune.randint(*a),
-        "choice": tune.choice,
-        "grid": tune.grid_search,
-    }
-    return {key: make[kind](args) for key, dist in search.space.items() for kind, args in dist.items()}

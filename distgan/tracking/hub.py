@@ -1,6 +1,6 @@
 """Pulling generators back from MLflow and sampling them.
 
-    G, meta = distgan.hub.load_generator("models:/grid25-gan@champion")
+    G, meta = distgan.load_generator("models:/grid25-gan@champion")
     samples = G(torch.randn(16, meta["latent_dim"]))
 
 URIs: `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/generator`. The weights load
@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distgan import models, plots, registry
-from distgan.config import ModelSpec
+from distgan import models
+from distgan.core import engine, plots
 from distgan.errors import InputError
-from distgan.tracking import configure_env, fluent_uri, mlflow_client, resolve_uri
+from distgan.metrics.mixture import mixture_means
+from distgan.spec.job import ModelSpec
+from distgan.tracking import registry
+from distgan.tracking.client import configure_env, fluent_uri, mlflow_client, resolve_uri
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))$")
 RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>[\w\-./]+)$")
@@ -43,7 +46,9 @@ def check_uri(uri: str, tracking_uri: str) -> str:
         except MlflowException:
             raise InputError(f"no MLflow run {r['run_id']} at {tracking_uri}") from None
         return uri
-    raise InputError(f"model URI {uri!r} is malformed; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator")
+    raise InputError(
+        f"model URI {uri!r} is malformed; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator"
+    )
 
 
 def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict]:
@@ -64,8 +69,6 @@ def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.
 
 def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], tracking_uri: str | None = None) -> dict:
     """Sample `n` from the generator at `uri` and write them to `out` in each of `formats`."""
-    from distgan import engine
-
     for f in formats:
         if f not in FORMATS:
             raise InputError(f"--format {f!r}: choose from {', '.join(FORMATS)}")
@@ -81,8 +84,6 @@ def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], track
         if samples.ndim == 4:
             path.write_bytes(plots.image_grid_png(samples))
         else:
-            from distgan.metrics.mixture import mixture_means
-
             means = mixture_means(meta["dataset"]) if meta.get("kind") == "mixture" else samples[:0]
             path.write_bytes(plots.scatter_png(samples, means, uri))
         written.append(path)
@@ -98,4 +99,11 @@ def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], track
         flat = samples.reshape(len(samples), -1)
         pq.write_table(pa.table({"sample": list(flat), "shape": [list(samples.shape[1:])] * len(samples)}), path)
         written.append(path)
-    return {"status": "finished", "model_uri": uri, "n": n, "seed": seed, "files": [str(p) for p in written], "sample_shape": list(samples.shape[1:])}
+    return {
+        "status": "finished",
+        "model_uri": uri,
+        "n": n,
+        "seed": seed,
+        "files": [str(p) for p in written],
+        "sample_shape": list(samples.shape[1:]),
+    }

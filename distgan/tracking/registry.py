@@ -2,10 +2,10 @@
 
 A logged generator holds (as model artifacts):
 - `program.pt2`: a `torch.export` program with a dynamic batch dimension, run by the pyfunc
-  (`distgan/generator_pyfunc.py`), so `mlflow.pyfunc.load_model(uri).predict(latents)` works
+  (`distgan/tracking/pyfunc.py`), so `mlflow.pyfunc.load_model(uri).predict(latents)` works
   wherever mlflow and torch are installed, for any batch size, without distgan;
 - `generator.pt` + `generator.json`: the plain state_dict (loads with
-  `torch.load(weights_only=True)`) and the architecture, which `distgan.hub` rebuilds without
+  `torch.load(weights_only=True)`) and the architecture, which `distgan.tracking.hub` rebuilds without
   unpickling code.
 
 Champion rule: a new version takes the alias `champion` only when its headline quality beats the
@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from distgan.errors import InputError
-from distgan.metrics import is_quality
-from distgan.tracking import configure_env, fluent_uri, mlflow_client
+from distgan.metrics.names import is_quality, rank_key
+from distgan.tracking.client import configure_env, fluent_uri, mlflow_client
 
 ALIAS = "champion"
-PYFUNC_FILE = Path(__file__).with_name("generator_pyfunc.py")
+PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
 
 
@@ -42,8 +42,15 @@ def check_name(name: str) -> None:
 
 def generator_meta(model, info, which: str, steps: int) -> dict:
     """What `log_generator` stores beside the weights (ModelSpec, DataInfo): enough to rebuild and sample it."""
-    return {"model": model.model_dump(mode="json"), "sample_shape": list(info.sample_shape), "latent_dim": model.latent_dim,
-            "dataset": info.name, "kind": info.kind, "generator": which, "steps": steps}
+    return {
+        "model": model.model_dump(mode="json"),
+        "sample_shape": list(info.sample_shape),
+        "latent_dim": model.latent_dim,
+        "dataset": info.name,
+        "kind": info.kind,
+        "generator": which,
+        "steps": steps,
+    }
 
 
 def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
@@ -62,27 +69,28 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
         Path(f"{tmp}/generator.json").write_text(json.dumps(meta))
         with torch.no_grad():
             signature = mlflow.models.infer_signature(example.numpy(), generator(example).numpy())
-        with fluent_uri(uri), warnings.catch_warnings(), mlflow.start_run(run_id=run_id):  # the caller sets the final status
+        with (
+            fluent_uri(uri),
+            warnings.catch_warnings(),
+            mlflow.start_run(run_id=run_id),
+        ):  # the caller sets the final status
             warnings.simplefilter("ignore")  # type-hint and input-example nags of models-from-code
             info = mlflow.pyfunc.log_model(
                 name="generator",
                 python_model=str(PYFUNC_FILE),
-                artifacts={k: f"{tmp}/{f}" for k, f in (("program", "program.pt2"), ("weights", "generator.pt"), ("meta", "generator.json"))},
+                artifacts={
+                    k: f"{tmp}/{f}"
+                    for k, f in (("program", "program.pt2"), ("weights", "generator.pt"), ("meta", "generator.json"))
+                },
                 signature=signature,
                 # explicit: inferring requirements costs ~7 s per call
-                pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                pip_requirements=[
+                    f"mlflow=={mlflow.__version__}",
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "numpy",
+                ],
             )
     return info.model_uri
-
-
-def _headline(kind: str, metrics: dict) -> tuple[str, tuple] | None:
-    """(what was measured, values where higher is better), or None when there is no number."""
-    if kind == "mixture" and all(metrics.get(k) is not None for k in ("modes", "high_quality")):
-        return "mixture", (float(metrics["modes"]), float(metrics["high_quality"]))
-    fd = sorted(k for k in metrics if k.startswith("fd_") and not k.endswith("_se") and metrics[k] is not None)
-    if kind == "image" and fd:
-        return fd[0], (-float(metrics[fd[0]]),)
-    return None
 
 
 def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags: dict, description: str) -> dict:
@@ -97,11 +105,14 @@ def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags
         mv = mlflow.register_model(model_uri, name, tags=version_tags)
     client.update_model_version(name, mv.version, description=description)
     current = _champion(client, name)
-    mine = _headline(kind, quality)
+    mine = rank_key(kind, quality)
     if current is None:
         take = True
     else:
-        theirs = _headline(current.tags.get("distgan.kind", ""), {k.removeprefix("metric."): v for k, v in current.tags.items() if k.startswith("metric.")})
+        theirs = rank_key(
+            current.tags.get("distgan.kind", ""),
+            {k.removeprefix("metric."): v for k, v in current.tags.items() if k.startswith("metric.")},
+        )
         take = mine is not None and (theirs is None or (mine[0] == theirs[0] and mine[1] > theirs[1]))
     if take:
         client.set_registered_model_alias(name, ALIAS, mv.version)
@@ -111,6 +122,25 @@ def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags
         "champion": take,
         "previous_champion": int(current.version) if current else None,
     }
+
+
+def publish_generator(
+    uri: str,
+    run_id: str,
+    generator: torch.nn.Module,
+    meta: dict,
+    register_as: str | None,
+    metrics: dict,
+    tags: dict,
+    description: str,
+) -> dict:
+    """Log `generator` to the run and, when `register_as` names a model, register it under the
+    champion rule. Returns {"logged_model_uri", "model_uri", "champion"}."""
+    out = {"logged_model_uri": log_generator(uri, run_id, generator, meta), "model_uri": None, "champion": None}
+    if register_as:
+        reg = register(uri, out["logged_model_uri"], register_as, meta["kind"], metrics, tags, description)
+        out["model_uri"], out["champion"] = reg["model_uri"], reg["champion"]
+    return out
 
 
 def _champion(client, name: str):
@@ -143,8 +173,12 @@ def require_version(client, name: str, version: str | None = None, alias: str | 
     except MlflowException:
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
         if alias:
-            raise InputError(f"model {name!r} has no alias {alias!r}; aliases: {', '.join(sorted(model.aliases)) or 'none'}") from None
-        raise InputError(f"model {name!r} has no version {version}; versions: {', '.join(map(str, versions)) or 'none'}") from None
+            raise InputError(
+                f"model {name!r} has no alias {alias!r}; aliases: {', '.join(sorted(model.aliases)) or 'none'}"
+            ) from None
+        raise InputError(
+            f"model {name!r} has no version {version}; versions: {', '.join(map(str, versions)) or 'none'}"
+        ) from None
 
 
 def list_models(uri: str) -> list[dict]:
@@ -167,7 +201,13 @@ def show_model(uri: str, name: str) -> dict:
         "name": name,
         "description": model.description,
         "versions": [
-            {"version": int(v.version), "aliases": aliases_of.get(str(v.version), []), "run_id": v.run_id, "tags": dict(v.tags), "description": v.description}
+            {
+                "version": int(v.version),
+                "aliases": aliases_of.get(str(v.version), []),
+                "run_id": v.run_id,
+                "tags": dict(v.tags),
+                "description": v.description,
+            }
             for v in versions
         ],
     }
@@ -179,4 +219,3 @@ def promote(uri: str, name: str, version: str) -> dict:
     previous = _champion(client, name)
     client.set_registered_model_alias(name, ALIAS, str(version))
     return {"name": name, "champion": int(version), "previous_champion": int(previous.version) if previous else None}
-

@@ -1,0 +1,83 @@
+"""Every check that needs neither Ray nor a cluster: the data, the model against the data, the
+feature network, the batch against the rows, a resumed run's spec, a search's metric. Each failure
+is an InputError (exit 2) before Ray starts and before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distgan import data, models
+from distgan.data import DataInfo
+from distgan.errors import InputError
+from distgan.metrics import digits_net, features, names
+from distgan.metrics.mixture import mixture_means
+from distgan.spec.job import JobSpec
+from distgan.spec.search import SearchSpec
+from distgan.tracking.record import read_spec
+
+
+def check_job(spec: JobSpec) -> DataInfo:
+    info = data.inspect(spec.data)
+    problem = models.check_compatible(spec.model, info.sample_shape)
+    if problem:
+        raise InputError(problem)
+    net = features.choose(spec, info)
+    if net:
+        features.check(net, info.sample_shape, spec.metrics.feature_name)
+    per_worker = spec.train.batch_size // spec.scaling.workers
+    if info.num_rows is not None and info.num_rows // spec.scaling.workers < per_worker:
+        raise InputError(
+            f"{spec.data.name} has {info.num_rows} rows: {info.num_rows // spec.scaling.workers} per worker, fewer "
+            f"than the per-worker batch {per_worker}; lower train.batch_size or scaling.workers"
+        )
+    return info
+
+
+def check_resume(spec: JobSpec, run_dir: Path) -> None:
+    """A reused run name must describe the same data and model, or its checkpoint cannot load."""
+    previous = read_spec(run_dir / "distgan")
+    if previous is None:
+        return
+    now = spec.model_dump(mode="json")
+    for section in ("data", "model"):
+        if previous.get(section) != now[section]:
+            raise InputError(
+                f"run {spec.train.name!r} in {run_dir.parent} was started with a different {section} section; "
+                f"set another train.name to start a new run"
+            )
+
+
+def feature_net_name(spec: JobSpec, info: DataInfo) -> str | None:
+    """The name this job's image metrics carry (fd_<name>), or None when it has none."""
+    net = features.choose(spec, info)
+    return features.network_name(net, spec.metrics.feature_name) if net else None
+
+
+def count_modes(spec: JobSpec, info: DataInfo) -> int | None:
+    """What mode collapse is counted against: the mixture's modes, or the classes of labeled images."""
+    if info.kind == "mixture":
+        return len(mixture_means(spec.data.name))
+    return digits_net.NUM_CLASSES if features.choose(spec, info) == "digits" else None
+
+
+def check_search(spec: JobSpec, search: SearchSpec) -> DataInfo:
+    """The job checks, then the search metric: one the loop reports for this data (default: the
+    data's headline metric) and its direction."""
+    info = check_job(spec)
+    net = feature_net_name(spec, info)
+    reported = names.reported(info.kind, net, classifies=features.choose(spec, info) == "digits")
+    if search.metric is None:
+        search.metric = names.headline_metric(info.kind, net)
+        if search.metric is None:
+            raise InputError(
+                f"{spec.data.name} has no headline quality metric (no feature network); set search.metric "
+                f"(one of {', '.join(sorted(reported))}) or metrics.feature_net"
+            )
+    elif search.metric not in reported:
+        raise InputError(
+            f"search.metric '{search.metric}' is not reported for {spec.data.name} data; choose one of "
+            f"{', '.join(sorted(reported))}"
+        )
+    if search.mode is None:
+        search.mode = "min" if names.lower_is_better(search.metric) else "max"
+    return info

@@ -1,0 +1,177 @@
+"""`distgan train`: one training run, checked, run on Ray Train, recorded in MLflow, its generator
+logged and (when asked) registered."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from distgan.commands import preflight
+from distgan.core import checkpoint
+from distgan.data import DataInfo
+from distgan.errors import InputError
+from distgan.metrics import names
+from distgan.runtime import ray_data, ray_train
+from distgan.spec.job import JobSpec
+from distgan.tracking import registry
+from distgan.tracking import run as tracking_run
+from distgan.tracking.client import is_local
+from distgan.tracking.record import RecordTarget
+from distgan.tracking.run import TrackingOptions
+
+
+@dataclass
+class TrainResult:
+    """The outcome of a training run; `to_json()` is the `--json-out` document (see README)."""
+
+    status: str  # finished | diverged | failed
+    name: str
+    run_dir: str
+    workers: int
+    steps: int = 0
+    resumed_from: int = 0
+    metrics: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    error: str | None = None
+    wall_s: float = 0.0
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    tracking_undelivered: int = 0
+    tracking_error: str | None = None
+    logged_model_uri: str | None = None
+    model_uri: str | None = None
+    champion: bool | None = None
+    ranks_in_sync: bool | None = None
+    param_digests: list = field(default_factory=list)
+    node_ids: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        doc = dataclasses.asdict(self)
+        if doc["tracking_error"] is None:
+            del doc["tracking_error"]
+        return doc
+
+
+def train(
+    spec: JobSpec, address: str | None = None, echo=print, tracking: TrackingOptions | None = None
+) -> TrainResult:
+    """Run one training job to completion (resuming a run of the same `train.name`)."""
+    tracking = tracking or TrackingOptions()
+    info = preflight.check_job(spec)
+    if address is None:
+        ray_train.check_cluster_gpus(spec, None)
+    uri = tracking.prepare()
+    run_dir = _run_dir(spec)
+    preflight.check_resume(spec, run_dir)
+    with ray_train.ray_session(address):
+        if address is not None:
+            _check_joined_cluster(spec, address, uri)
+        if info.kind == "image" and preflight.feature_net_name(spec, info) is None:
+            echo(
+                f"note: no feature network for {spec.data.name} data, so no image metrics (set "
+                "metrics.feature_net; see README)"
+            )
+        run_id = tracking_run.open_run(uri, tracking.experiment, spec, run_dir, _run_tags(spec, info)) if uri else None
+        target = RecordTarget(str(run_dir / "distgan"), uri, run_id)
+        fit, error, wall = ray_train.fit_with_progress(
+            spec, info, target, str(run_dir.parent), echo, ray_data.datasets(spec.data, info)
+        )
+    result = _result(spec, run_dir, fit, error, wall, uri, run_id)
+    if run_id:
+        _finish_tracking(result, spec, info, tracking, echo)
+    return result
+
+
+def _run_dir(spec: JobSpec) -> Path:
+    """`<storage>/<name>`; a run without a name is named after its data and the time."""
+    if spec.train.name is None:
+        spec.train.name = f"{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(spec.train.storage_path or ray_train.DEFAULT_STORAGE).resolve() / spec.train.name
+
+
+def _check_joined_cluster(spec: JobSpec, address: str, uri: str | None) -> None:
+    ray_train.check_cluster_gpus(spec, address)
+    if uri and is_local(uri) and ray_train.alive_nodes() > 1:
+        raise InputError(
+            f"tracking URI {uri} is a local SQLite file, but the cluster at {address} has several nodes: "
+            f"start an `mlflow server` and pass --tracking-uri http://HOST:PORT"
+        )
+
+
+def _run_tags(spec: JobSpec, info: DataInfo) -> dict[str, str]:
+    tags = {
+        "workers": str(spec.scaling.workers),
+        "device": "cuda" if spec.scaling.gpu else "cpu",
+        "dataset": spec.data.name,
+    }
+    if info.kind == "image":
+        tags["feature_net"] = preflight.feature_net_name(spec, info) or "none"
+    return tags
+
+
+def _result(
+    spec: JobSpec, run_dir: Path, fit, error: Exception | None, wall: float, uri: str | None, run_id: str | None
+) -> TrainResult:
+    out = (fit.return_value if fit is not None else None) or {}
+    return TrainResult(
+        status=out.get("status", "failed") if error is None else "failed",
+        error=None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        name=spec.train.name,
+        run_dir=str(run_dir),
+        workers=spec.scaling.workers,
+        steps=out.get("steps", 0),
+        resumed_from=out.get("resumed_from", 0),
+        # NaN/Inf are not JSON: a diverged metric reads null
+        metrics={k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()},
+        checkpoint=fit.checkpoint.path if fit is not None and fit.checkpoint else None,
+        wall_s=round(wall, 2),
+        mlflow_run_id=run_id,
+        tracking_uri=uri,
+        tracking_undelivered=out.get("tracking_undelivered", 0),
+        ranks_in_sync=out.get("ranks_in_sync"),
+        param_digests=out.get("param_digests", []),
+        node_ids=out.get("node_ids", []),
+    )
+
+
+def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, tracking: TrackingOptions, echo) -> None:
+    """The final generator to MLflow (and the registry, when asked), then the run's curves and status.
+    A tracking server gone at the very end does not undo the training: the result says so."""
+    uri, run_id = result.tracking_uri, result.mlflow_run_id
+    try:
+        if result.status == "finished" and result.checkpoint:
+            generator = checkpoint.generator(
+                checkpoint.read(result.checkpoint), spec.model, info.sample_shape, tracking.generator
+            )
+            summary = names.summary(result.metrics)
+            published = registry.publish_generator(
+                uri,
+                run_id,
+                generator,
+                registry.generator_meta(spec.model, info, tracking.generator, result.steps),
+                tracking.register,
+                result.metrics,
+                tags={
+                    "dataset": spec.data.name,
+                    "job": spec.train.name,
+                    "run_id": run_id,
+                    "generator": tracking.generator,
+                },
+                description=f"{spec.model.arch} generator ({tracking.generator}) trained on {spec.data.name} for "
+                f"{result.steps} steps" + (f"; {summary}" if summary else ""),
+            )
+            result.logged_model_uri, result.model_uri, result.champion = (
+                published["logged_model_uri"],
+                published["model_uri"],
+                published["champion"],
+            )
+        tracking_run.close_run(uri, run_id, result.status)
+    except Exception as e:
+        result.tracking_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        echo(
+            f"warning: could not finish MLflow run {run_id} ({result.tracking_error}); the generator is in "
+            f"{result.checkpoint}"
+        )

@@ -1,0 +1,75 @@
+"""The one vocabulary of metric names: what the loop reports, which names are sample quality, which
+is the headline of each kind of data, and which way is better. The registry, the search, the
+stopper, the quality curves and the console all read it from here.
+"""
+
+from __future__ import annotations
+
+# The loop's own numbers: averaged over an eval interval (losses, gradient norms, penalties) or rates.
+LOSS_AND_GRAD = ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")
+PENALTIES = ("r1", "r2", "gp")
+LOOP = (*LOSS_AND_GRAD, *PENALTIES, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d")
+
+MIXTURE = ("modes", "high_quality", "reverse_kl")  # 2-D mixtures (metrics.mixture)
+MIXTURE_SCORE = "mixture_score"  # modes + high_quality: one number that orders mixture runs
+IMAGE = ("precision", "recall", "density", "coverage")  # images, beside fd_<net> and kid_<net> (metrics.image)
+CLASS = ("classes_covered", "class_kl")  # labeled images, when the feature network classifies
+
+
+def fd(net: str) -> str:
+    return f"fd_{net}"
+
+
+def kid(net: str) -> str:
+    return f"kid_{net}"
+
+
+def is_quality(key: str) -> bool:
+    """A sample-quality metric (not a loss, a rate or a standard error)."""
+    return key in MIXTURE + IMAGE + CLASS or (key.startswith(("fd_", "kid_")) and not key.endswith("_se"))
+
+
+def is_reported(key: str) -> bool:
+    """A number the loop reports (not Tune's bookkeeping such as training_iteration or pid)."""
+    return key in LOOP or key == MIXTURE_SCORE or is_quality(key) or key.startswith("kid_") or key.endswith("_se")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Distances and losses: fd_*, kid_*, loss_*, *_kl (reverse_kl, class_kl)."""
+    return metric.startswith(("fd_", "kid_", "loss_")) or metric.endswith("_kl")
+
+
+def reported(kind: str, net: str | None, classifies: bool) -> set[str]:
+    """Every metric the loop reports for data of `kind` scored with feature network `net`."""
+    names = set(LOOP)
+    if kind == "mixture":
+        names |= {*MIXTURE, MIXTURE_SCORE}
+    if net:
+        names |= {fd(net), kid(net), *IMAGE, *(CLASS if classifies else ())}
+    return names
+
+
+def headline_metric(kind: str, net: str | None) -> str | None:
+    """The number that ranks runs of this data (search default, champion rule); None: none measured."""
+    if kind == "mixture":
+        return MIXTURE_SCORE
+    return fd(net) if net else None
+
+
+def rank_key(kind: str, metrics: dict) -> tuple[str, tuple] | None:
+    """(what was measured, values where higher is better) for comparing two runs, or None when
+    there is no number. Mixtures compare (modes, then high_quality); images their Fréchet distance,
+    and only against runs scored by the same feature network (the name says which)."""
+    if kind == "mixture" and all(metrics.get(k) is not None for k in ("modes", "high_quality")):
+        return "mixture", (float(metrics["modes"]), float(metrics["high_quality"]))
+    fds = sorted(k for k in metrics if k.startswith("fd_") and not k.endswith("_se") and metrics[k] is not None)
+    if kind == "image" and fds:
+        return fds[0], (-float(metrics[fds[0]]),)
+    return None
+
+
+def summary(metrics: dict) -> str:
+    """The few numbers a person reads first, e.g. 'modes 25 high_quality 0.88 reverse_kl 0.005'."""
+    fds = sorted(k for k in metrics if k.startswith("fd_") and not k.endswith("_se"))
+    keys = [*MIXTURE, *fds, "precision", "recall", "classes_covered"]
+    return "  ".join(f"{k} {metrics[k]:.3g}" for k in keys if metrics.get(k) is not None)

@@ -1,0 +1,1 @@
+"""What users write: the job spec (`job`) and the search spec (`search`), typed and validated."""

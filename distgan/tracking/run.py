@@ -1,0 +1,176 @@
+"""The MLflow run of a training run or search: what the user asked of MLflow (`TrackingOptions`),
+opening the run on the driver (params, spec, tags), closing it (curves, status), and the target
+rank 0 records into (`RecordTarget`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from distgan import __version__
+from distgan.core import plots
+from distgan.metrics.names import is_quality
+from distgan.spec.job import flatten
+from distgan.tracking import registry
+from distgan.tracking.client import check_reachable, configure_env, mlflow_client, resolve_uri
+from distgan.tracking.record import RecordTarget
+
+
+@dataclass
+class TrackingOptions:
+    """What the user asked of MLflow for this run (None tracking_uri: MLflow's default resolution)."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "distgan"
+    register: str | None = None  # registered model name
+    generator: str = "ema"  # which generator to log: "ema" or "raw"
+
+    def prepare(self) -> str | None:
+        """The tracking URI, checked (server reachable, model name valid) before Ray starts; None when off."""
+        if not self.enabled:
+            return None
+        configure_env()  # before Ray copies the env to workers
+        uri = resolve_uri(self.tracking_uri)
+        check_reachable(uri)
+        if self.register:
+            registry.check_name(self.register)
+        return uri
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def open_run(uri: str, experiment: str, spec, run_dir: Path, tags: dict[str, str]) -> str:
+    """The MLflow run of this training run: the one recorded in `run_dir` (a resume), or a new one."""
+    from mlflow.entities import Param, RunStatus
+
+    client = mlflow_client(uri)
+    saved = run_dir / "distgan" / "mlflow.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous["tracking_uri"] == uri:
+            client.update_run(previous["run_id"], status=RunStatus.to_string(RunStatus.RUNNING))
+            return previous["run_id"]
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    all_tags = {"distgan.version": __version__, **tags}
+    if commit := _git_commit():
+        all_tags["git.commit"] = commit
+    run = client.create_run(exp_id, run_name=spec.train.name, tags=all_tags)
+    run_id = run.info.run_id
+    params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flatten(spec).items()]
+    client.log_batch(run_id, params=params)
+    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment_id": exp_id}))
+    return run_id
+
+
+def close_run(uri: str, run_id: str, status: str) -> None:
+    """Loss and quality curves from the run's metric history, then the final status."""
+    from PIL import Image
+
+    client = mlflow_client(uri)
+    quality = sorted(k for k in client.get_run(run_id).data.metrics if is_quality(k))  # mixture or image metrics
+    for name, keys in (("losses", ["loss_d", "loss_g"]), ("quality", quality)):
+        series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in keys}
+        series = {k: sorted(v) for k, v in series.items() if v}
+        if series:
+            client.log_image(run_id, Image.open(io.BytesIO(plots.curves_png(series, name))), f"curves/{name}.png")
+    client.set_terminated(run_id, {"finished": "FINISHED", "diverged": "FAILED"}.get(status, "FAILED"))
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """The parent MLflow run of a search; travels to every trial, which records into a child run."""
+
+    uri: str
+    run_id: str
+    experiment_id: str
+
+    def trial_target(self, trial_id: str, config: dict, record_dir: str) -> RecordTarget:
+        """This trial's nested run (found again after a restore, created once) as a record target."""
+        from mlflow.entities import Param
+
+        client = mlflow_client(self.uri)
+        found = client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and tags.`distgan.trial_id` = '{trial_id}'",
+        )
+        if found:
+            return RecordTarget(record_dir, self.uri, found[0].info.run_id)
+        run = client.create_run(
+            self.experiment_id,
+            run_name=trial_id,
+            tags={"mlflow.parentRunId": self.run_id, "distgan.trial_id": trial_id},
+        )
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
+        return RecordTarget(record_dir, self.uri, run.info.run_id)
+
+
+def open_search_run(uri: str, experiment: str, spec, run_dir: Path, search) -> SearchRun:
+    """The search's parent run: the base job's params, the search's own (`search.*`)."""
+    from mlflow.entities import Param
+
+    parent_id = open_run(uri, experiment, spec, run_dir, {"distgan.kind": "search", "dataset": spec.data.name})
+    client = mlflow_client(uri)
+    params = {f"search.space.{k}": v for k, v in search.space.items()}
+    params |= {f"search.{k}": v for k, v in search.model_dump(exclude={"space"}).items()}
+    client.log_batch(parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+    return SearchRun(uri, parent_id, client.get_run(parent_id).info.experiment_id)
+
+
+def record_search(parent: SearchRun, trials: list[dict], best: dict | None, metric: str, space_keys: list[str]) -> None:
+    """The parent run's record: the trial table (CSV, Parquet), the stability map and quality curves,
+    the best trial's metrics; each child run's stop reason and status."""
+    import pandas as pd
+    from mlflow.entities import Metric
+
+    client = mlflow_client(parent.uri)
+    children = client.search_runs([parent.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")
+    stop_reasons = {t["trial_id"]: t["stop_reason"] for t in trials}
+    for run in children:
+        reason = stop_reasons.get(run.data.tags.get("distgan.trial_id"))
+        if reason:
+            client.set_tag(run.info.run_id, "stop_reason", reason)
+            client.set_terminated(run.info.run_id, "FINISHED" if reason not in ("failed", "diverged_nan") else "FAILED")
+    rows = [
+        {"trial_id": t["trial_id"], **t["config"], **t["metrics"], "steps": t["steps"], "stop_reason": t["stop_reason"]}
+        for t in trials
+    ]
+    table = pd.DataFrame(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        table.to_csv(f"{tmp}/trials.csv", index=False)
+        table.to_parquet(f"{tmp}/trials.parquet", index=False)
+        Path(f"{tmp}/stability_map.png").write_bytes(plots.stability_map_png(trials, space_keys))
+        curves = {
+            t["trial_id"]: [(h["step"], h[metric]) for h in t["history"] if h[metric] is not None] for t in trials
+        }
+        Path(f"{tmp}/quality_over_steps.png").write_bytes(plots.trial_curves_png(curves, metric))
+        for f in ("trials.csv", "trials.parquet", "stability_map.png", "quality_over_steps.png"):
+            client.log_artifact(parent.run_id, f"{tmp}/{f}", "search")
+    if best:
+        now = int(time.time() * 1000)
+        client.log_batch(
+            parent.run_id,
+            metrics=[Metric(k, v, now, best["steps"]) for k, v in best["metrics"].items() if v is not None],
+        )
+        client.set_tag(parent.run_id, "best_trial", best["trial_id"])
+
+
+def finish_search(parent: SearchRun, status: str) -> None:
+    mlflow_client(parent.uri).set_terminated(parent.run_id, "FINISHED" if status == "finished" else "FAILED")
