@@ -72,7 +72,7 @@ class ModelSpec(Section):
 
 
 class LossSpec(Section):
-    type: Literal["minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan"] = "nonsaturating"
+    type: Literal["minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan", "rpgan"] = "nonsaturating"
     r1: float = Field(0.0, ge=0)  # gamma of the R1 penalty on real data (gamma/2 * E|grad D(x)|^2)
     r2: float = Field(0.0, ge=0)  # gamma of the R2 penalty on generated data
     gp: float = Field(10.0, ge=0)  # weight of the WGAN-GP gradient penalty (used by wgan_gp only)

@@ -7,7 +7,10 @@ wrapped in DistributedDataParallel; the step order below is the one that is corr
    each DDP iteration has exactly one forward/backward, penalties included; `opt_d.step()`.
 2. G step: all of D frozen (`requires_grad_(False)`: DDP then skips D's all-reduce), a fresh
    `D(G(z))`, `opt_g.step()`. Reusing the D-step forward after `opt_d.step()` would fail with an
-   in-place error under autograd, and freezing only part of D breaks DDP.
+   in-place error under autograd, and freezing only part of D breaks DDP. Losses whose G loss
+   needs D's logits on real data (rpgan) get them from one D forward over
+   cat(real, fake): one D call per iteration, as in the D step, so DDP's per-forward work (buffer
+   broadcast, reducer setup) and spectral norm's power iteration happen once, not twice.
 """
 
 from __future__ import annotations
@@ -89,11 +92,17 @@ class Engine:
         self.opt_d.step()
         return stats
 
-    def g_step(self, batch_size: int) -> dict[str, torch.Tensor]:
+    def g_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One G update on as many fakes as `real` has samples; `real` itself reaches D only for
+        losses in `losses.G_NEEDS_REAL` (each fake is paired with one real)."""
+        n, paired = real.shape[0], self.loss.type in losses.G_NEEDS_REAL
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                loss = losses.g_loss(self.loss.type, self.D(self.G(self._latents(batch_size))).float())
+                fake = self.G(self._latents(n)).float()
+                inputs = torch.cat([real.detach(), fake]) if paired else fake
+                logits = self.D(inputs).float()
+            loss = losses.g_loss(self.loss.type, logits[-n:], logits[:n] if paired else None)
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.G.parameters(), math.inf)
@@ -111,7 +120,7 @@ class Engine:
         assert len(real_batches) == self.n_critic, f"need {self.n_critic} real batches, got {len(real_batches)}"
         for real in real_batches:
             stats = self.d_step(real)
-        stats.update(self.g_step(real_batches[-1].shape[0]))
+        stats.update(self.g_step(real_batches[-1]))
         return stats
 
     @torch.no_grad()
