@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from distgan.errors import InputError
 
 BUILTIN_DATASETS = ("ring8", "grid25", "digits")
-POINT_DATASETS = ("ring8", "grid25")  # 2-D mixtures: no images, so no conv models
+POINT_DATASETS = ("ring8", "grid25")  # 2-D mixtures: no images, so no conv models and no image augmentation
 # The job `distgan train` runs with no spec; the ready specs ship in the package (jobs/ links here).
 JOBS_DIR = Path(__file__).parent / "jobs"
 DEFAULT_JOB = JOBS_DIR / "grid25.yaml"
@@ -94,6 +94,12 @@ class OptimSpec(Section):
         return self
 
 
+class AugmentSpec(Section):
+    """DiffAugment (`distgan.augment`): ops applied, in this order, to every image D sees."""
+
+    policy: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)  # [] = off
+
+
 class TrainSpec(Section):
     steps: int = Field(5000, ge=1)  # generator steps
     batch_size: int = Field(512, ge=1)  # global batch, split evenly across workers
@@ -131,6 +137,7 @@ class JobSpec(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     loss: LossSpec = Field(default_factory=LossSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
@@ -145,6 +152,8 @@ class JobSpec(Section):
         if self.model.arch in ("dcgan", "resnet") and self.data.name in POINT_DATASETS:
             arch, data = self.model.arch, self.data.name
             raise ValueError(f"model.arch={arch} makes images; {data} is 2-D points: use model.arch=mlp")
+        if self.augment.policy and self.data.name in POINT_DATASETS:
+            raise ValueError(f"augment.policy is for images; {self.data.name} is 2-D points: use augment.policy=[]")
         return self
 
 

@@ -11,6 +11,11 @@ wrapped in DistributedDataParallel; the step order below is the one that is corr
    needs D's logits on real data (rpgan) get them from one D forward over
    cat(real, fake): one D call per iteration, as in the D step, so DDP's per-forward work (buffer
    broadcast, reducer setup) and spectral norm's power iteration happen once, not twice.
+
+With an `augment_policy` (DiffAugment), every batch D sees -- in both steps, real and fake -- goes through
+`distgan.augment.apply` first. R1/R2 and WGAN-GP are gradients w.r.t. the un-augmented inputs,
+taken through the augmentation, as DiffAugment's StyleGAN2 code does (R1 w.r.t. `reals`): the
+penalty then smooths D on the data itself, and the ops are differentiable, so this is exact.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from distgan import losses
+from distgan import augment, losses
 from distgan.config import LossSpec, OptimSpec
 
 
@@ -41,8 +47,10 @@ class Engine:
         latent_dim: int,
         device: torch.device,
         bf16: bool = False,
+        augment_policy: Sequence[str] = (),
     ):
         self.G, self.D = G, D
+        self.augment_policy = tuple(augment_policy)
         self.loss, self.n_critic, self.ema_decay = loss, optim.n_critic, optim.ema
         self.latent_dim, self.device = latent_dim, device
         self.bf16 = bf16
@@ -70,7 +78,7 @@ class Engine:
             eps = torch.rand(n, *[1] * (real.dim() - 1), device=self.device)
             inputs.append(torch.lerp(real.detach(), fake.detach(), eps).requires_grad_(True))
         with self._autocast():
-            logits = self.D(torch.cat(inputs)).float()
+            logits = self.D(augment.apply(torch.cat(inputs), self.augment_policy)).float()
         parts = logits.split(n)
         loss = losses.d_loss(spec.type, parts[0], parts[1])
         stats = {"loss_d": loss.detach()}
@@ -101,7 +109,7 @@ class Engine:
             with self._autocast():
                 fake = self.G(self._latents(n)).float()
                 inputs = torch.cat([real.detach(), fake]) if paired else fake
-                logits = self.D(inputs).float()
+                logits = self.D(augment.apply(inputs, self.augment_policy)).float()
             loss = losses.g_loss(self.loss.type, logits[-n:], logits[:n] if paired else None)
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()

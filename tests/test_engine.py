@@ -120,14 +120,14 @@ def test_sample_is_seeded_and_keeps_global_rng():
     assert torch.equal(state, torch.get_rng_state())
 
 
-def _image_engine(**sections) -> engine.Engine:
+def _image_engine(policy=(), **sections) -> engine.Engine:
     model = {"arch": "resnet", "latent_dim": 4, "base_channels": 4}
-    tree = {"data": {"name": "digits"}, "model": model, **sections}
+    tree = {"data": {"name": "digits"}, "model": model, "augment": {"policy": list(policy)}, **sections}
     spec = JobSpec.model_validate(tree)
     torch.manual_seed(0)
     G, D = models.build(spec.model, (1, 16, 16))
     cpu = torch.device("cpu")
-    return engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, cpu)
+    return engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, cpu, augment_policy=spec.augment.policy)
 
 
 def _images(n=8):
@@ -141,8 +141,9 @@ def _count_d_forwards(eng: engine.Engine) -> list[torch.Tensor]:
     return seen
 
 
-def test_rpgan_r1_r2_steps_a_resnet():
-    eng = _image_engine(loss={"type": "rpgan", "r1": 1.0, "r2": 1.0})
+@pytest.mark.parametrize("policy", [(), ("color", "translation", "cutout")])
+def test_rpgan_r1_r2_steps_a_resnet(policy):
+    eng = _image_engine(policy, loss={"type": "rpgan", "r1": 1.0, "r2": 1.0})
     g0, d0 = [p.clone() for p in eng.G.parameters()], [p.clone() for p in eng.D.parameters()]
     for _ in range(2):
         stats = eng.step([_images()])
@@ -175,3 +176,20 @@ def test_rpgan_g_loss_matches_the_pairing_by_hand():
         r, f = eng.D(real), eng.D(G_before(torch.randn(4, 4)))  # D is untouched by the G step
     assert float(stats["loss_g"]) == pytest.approx(torch.nn.functional.softplus(r - f).mean().item(), rel=1e-5)
 
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "rpgan"])
+def test_augmentation_reaches_d_in_both_steps(loss):
+    eng = _image_engine(("translation", "cutout"), loss={"type": loss})
+    seen = _count_d_forwards(eng)
+    real = _images(8) + 2  # no zeros, so shifted-in and cut-out pixels show
+    eng.step([real])
+    d_input, g_input = seen
+    assert d_input.shape == (16, 1, 16, 16)
+    assert not torch.equal(d_input[:8], real) and (d_input[:8] == 0).any()
+    if loss == "rpgan":
+        assert not torch.equal(g_input[:8], real) and (g_input[:8] == 0).any()
+    assert (g_input == 0).any()
+    plain = _image_engine(loss={"type": loss})
+    seen_plain = _count_d_forwards(plain)
+    plain.step([real])
+    assert torch.equal(seen_plain[0][:8], real)
