@@ -45,7 +45,14 @@ class StopRules(BaseModel):
 
 
 class TrialMonitor:
-    def __init__(self, rules: StopRules, metric: str, mode: str, progress_keys: list[str] | None = None, n_modes: int | None = None):
+    def __init__(
+        self,
+        rules: StopRules,
+        metric: str,
+        mode: str,
+        progress_keys: list[str] | None = None,
+        n_modes: int | None = None,
+    ):
         """n_modes: the mixture's modes, or the number of classes of labeled images (None: unknown)."""
         self.rules, self.sign, self.n_modes = rules, 1.0 if mode == "max" else -1.0, n_modes
         # a composite score can stall while its parts still improve (a mode lost, quality rising)

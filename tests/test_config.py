@@ -17,7 +17,9 @@ def test_default_job_is_grid25_job_file():
 
 
 def test_overrides_are_typed_and_nested():
-    spec = load_spec(REPO / "jobs" / "ring8.yaml", ["optim.lr_g=3e-4", "model.g_hidden=[64, 32]", "model.spectral_norm=true"])
+    spec = load_spec(
+        REPO / "jobs" / "ring8.yaml", ["optim.lr_g=3e-4", "model.g_hidden=[64, 32]", "model.spectral_norm=true"]
+    )
     assert spec.optim.lr_g == 3e-4 and spec.model.g_hidden == [64, 32] and spec.model.spectral_norm is True
     assert spec.data.name == "ring8"
     assert flatten(spec)["optim.lr_g"] == 3e-4
@@ -36,7 +38,10 @@ def test_overrides_are_typed_and_nested():
         (["train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),
         (["scaling.workers=0"], "scaling.workers: Input should be greater than or equal to 1"),
         (["train.steps=abc"], "train.steps: Input should be a valid integer"),
-        (["loss.type=wgan"], "loss.type: Input should be 'minimax', 'nonsaturating', 'hinge', 'wgan_gp', 'lsgan' or 'rpgan'"),
+        (
+            ["loss.type=wgan"],
+            "loss.type: Input should be 'minimax', 'nonsaturating', 'hinge', 'wgan_gp', 'lsgan' or 'rpgan'",
+        ),
         (["optim.betas_g=[0.5, 1.5]"], "optim.betas_g must be two numbers in [0, 1)"),
         (["scaling.workers=3"], "train.batch_size=512 does not split evenly over scaling.workers=3"),
         (["model.arch=dcgan"], "model.arch=dcgan makes images; grid25 is 2-D points: use model.arch=mlp"),
@@ -53,10 +58,21 @@ def test_bad_spec_values_are_input_errors(overrides, message):
 
 def test_bad_spec_via_cli_exits_2_fast_with_one_line(tmp_path):
     t0 = time.perf_counter()
-    r = run_cli("train", str(REPO / "jobs" / "grid25.yaml"), "--set", "optim.lr_gg=1e-3", "--set", f"train.storage_path={tmp_path}", cwd=tmp_path)
+    r = run_cli(
+        "train",
+        str(REPO / "jobs" / "grid25.yaml"),
+        "--set",
+        "optim.lr_gg=1e-3",
+        "--set",
+        f"train.storage_path={tmp_path}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == "distgan train: error: jobs/grid25.yaml: unknown key 'optim.lr_gg': did you mean 'optim.lr_g'?".replace(
-        "jobs/grid25.yaml", str(REPO / "jobs" / "grid25.yaml")
+    assert (
+        r.stderr.strip()
+        == "distgan train: error: jobs/grid25.yaml: unknown key 'optim.lr_gg': did you mean 'optim.lr_g'?".replace(
+            "jobs/grid25.yaml", str(REPO / "jobs" / "grid25.yaml")
+        )
     )
     assert "Traceback" not in r.stderr
     assert time.perf_counter() - t0 < 30  # no Ray was started
