@@ -37,7 +37,10 @@ def test_overrides_are_typed_and_nested():
         (["train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),
         (["scaling.workers=0"], "scaling.workers: Input should be greater than or equal to 1"),
         (["train.steps=abc"], "train.steps: Input should be a valid integer"),
-        (["loss.type=wgan"], "loss.type: Input should be 'minimax', 'nonsaturating', 'hinge', 'wgan_gp' or 'lsgan'"),
+        (
+            ["loss.type=wgan"],
+            "loss.type: Input should be 'minimax', 'nonsaturating', 'hinge', 'wgan_gp', 'lsgan' or 'rpgan'",
+        ),
         (["optim.betas_g=[0.5, 1.5]"], "optim.betas_g must be two numbers in [0, 1)"),
         (["scaling.workers=3"], "train.batch_size=512 does not split evenly over scaling.workers=3"),
         (["model.arch=dcgan"], "model.arch=dcgan makes images; grid25 is 2-D points: use model.arch=mlp"),

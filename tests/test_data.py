@@ -125,7 +125,7 @@ def test_bad_data_via_cli_exits_2(tmp_path):
     )
     assert r.returncode == 2 and f"{nan}: column 'x' has NaN/Inf values" in r.stderr
 
-    odd = write_image_parquet(tmp_path / "odd.parquet", blob_images(40, 28))
+    odd = write_image_parquet(tmp_path / "odd.parquet", blob_images(40, 30))
     r = run_cli(
         "train",
         "--set",
@@ -138,9 +138,8 @@ def test_bad_data_via_cli_exits_2(tmp_path):
         "model.arch=dcgan",
         cwd=tmp_path,
     )
-    assert (
-        r.returncode == 2 and "model.arch=dcgan makes square images of 8, 16, 32, 64 px; this data is 28x28" in r.stderr
-    )
+    assert r.returncode == 2 and "model.arch=dcgan makes square images of 8, 10, 12," in r.stderr
+    assert "this data is 30x30: resize it" in r.stderr
 
     few = write_image_parquet(tmp_path / "few.parquet", blob_images(10, 8))
     r = run_cli(

@@ -25,7 +25,7 @@ def _real(n=32):
     return torch.randn(n, 2)
 
 
-@pytest.mark.parametrize("loss", ["minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan"])
+@pytest.mark.parametrize("loss", ["minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan", "rpgan"])
 def test_every_loss_steps_and_reports(loss):
     eng = _engine(loss={"type": loss, "r1": 0.1, "r2": 0.1})
     stats = eng.step([_real()])
@@ -54,7 +54,7 @@ def test_separate_learning_rates_and_betas():
 def test_g_step_leaves_d_untouched_and_d_trainable_after():
     eng = _engine()
     before = [p.clone() for p in eng.D.parameters()]
-    eng.g_step(16)
+    eng.g_step(_real(16))
     assert all(torch.equal(a, b) for a, b in zip(before, eng.D.parameters()))
     assert all(p.requires_grad for p in eng.D.parameters())
 
@@ -119,3 +119,78 @@ def test_sample_is_seeded_and_keeps_global_rng():
     b = engine.sample(eng.G_ema, 100, 4, torch.device("cpu"), seed=3)
     assert a.shape == (100, 2) and torch.allclose(a, b, atol=1e-6)
     assert torch.equal(state, torch.get_rng_state())
+
+
+def _image_engine(policy=(), **sections) -> engine.Engine:
+    model = {"arch": "resnet", "latent_dim": 4, "base_channels": 4}
+    tree = {"data": {"name": "digits"}, "model": model, "augment": {"policy": list(policy)}, **sections}
+    spec = JobSpec.model_validate(tree)
+    torch.manual_seed(0)
+    G, D = models.build(spec.model, (1, 16, 16))
+    cpu = torch.device("cpu")
+    return engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, cpu, augment_policy=spec.augment.policy)
+
+
+def _images(n=8):
+    return torch.rand(n, 1, 16, 16) * 2 - 1
+
+
+def _count_d_forwards(eng: engine.Engine) -> list[torch.Tensor]:
+    """The inputs of every D forward from now on."""
+    seen: list[torch.Tensor] = []
+    eng.D.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    return seen
+
+
+@pytest.mark.parametrize("policy", [(), ("color", "translation", "cutout")])
+def test_rpgan_r1_r2_steps_a_resnet(policy):
+    eng = _image_engine(policy, loss={"type": "rpgan", "r1": 1.0, "r2": 1.0})
+    g0, d0 = [p.clone() for p in eng.G.parameters()], [p.clone() for p in eng.D.parameters()]
+    for _ in range(2):
+        stats = eng.step([_images()])
+    assert set(stats) == {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "r1", "r2"}
+    assert engine.all_finite(stats) and float(stats["r1"]) > 0 and float(stats["r2"]) > 0
+    assert not all(torch.equal(a, b) for a, b in zip(g0, eng.G.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(d0, eng.D.parameters()))
+
+
+def test_rpgan_g_step_is_one_d_forward_over_real_and_fake():
+    eng = _image_engine(loss={"type": "rpgan"})
+    seen = _count_d_forwards(eng)
+    real = _images(8)
+    eng.g_step(real)
+    assert len(seen) == 1 and seen[0].shape == (16, 1, 16, 16)
+    assert torch.equal(seen[0][:8], real)  # real first, then the fakes it is paired with
+    eng_ns = _image_engine()
+    seen_ns = _count_d_forwards(eng_ns)
+    eng_ns.g_step(real)
+    assert [x.shape[0] for x in seen_ns] == [8]  # other losses: fakes only
+
+
+def test_rpgan_g_loss_matches_the_pairing_by_hand():
+    eng = _image_engine(loss={"type": "rpgan"})
+    G_before, real = copy.deepcopy(eng.G), _images(4)
+    torch.manual_seed(3)
+    stats = eng.g_step(real)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        r, f = eng.D(real), eng.D(G_before(torch.randn(4, 4)))  # D is untouched by the G step
+    assert float(stats["loss_g"]) == pytest.approx(torch.nn.functional.softplus(r - f).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "rpgan"])
+def test_augmentation_reaches_d_in_both_steps(loss):
+    eng = _image_engine(("translation", "cutout"), loss={"type": loss})
+    seen = _count_d_forwards(eng)
+    real = _images(8) + 2  # no zeros, so shifted-in and cut-out pixels show
+    eng.step([real])
+    d_input, g_input = seen
+    assert d_input.shape == (16, 1, 16, 16)
+    assert not torch.equal(d_input[:8], real) and (d_input[:8] == 0).any()
+    if loss == "rpgan":
+        assert not torch.equal(g_input[:8], real) and (g_input[:8] == 0).any()
+    assert (g_input == 0).any()
+    plain = _image_engine(loss={"type": loss})
+    seen_plain = _count_d_forwards(plain)
+    plain.step([real])
+    assert torch.equal(seen_plain[0][:8], real)

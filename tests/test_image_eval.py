@@ -109,7 +109,13 @@ def _digits_checkpoint(tmp_path, steps: int = 3):
 
     spec = config.load_spec(
         config.JOBS_DIR / "digits.yaml",
-        ["model.base_channels=8", "train.batch_size=32", f"train.steps={steps}", "train.eval_samples=64", "metrics.final_samples=64"],
+        [
+            "model.base_channels=8",
+            "train.batch_size=32",
+            f"train.steps={steps}",
+            "train.eval_samples=64",
+            "metrics.final_samples=64",
+        ],
     )
     session = loop.LocalSession(tmp_path / "run")
     assert loop.run(spec, data.inspect(spec.data), session)["status"] == "finished"

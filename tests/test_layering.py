@@ -80,7 +80,9 @@ def test_the_import_graph_is_a_dag_and_imports_in_its_order():
     order = list(TopologicalSorter(GRAPH).static_order())  # raises CycleError on a cycle
     # Each module imported in a fresh interpreter after all it depends on: nothing relies on an
     # import order that only a cycle-dodging function import made work.
-    script = "import importlib\nfor m in %r:\n    importlib.import_module(m)\n" % [m for m in order if m != "distgan.__main__"]
+    script = "import importlib\nfor m in %r:\n    importlib.import_module(m)\n" % [
+        m for m in order if m != "distgan.__main__"
+    ]
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
 

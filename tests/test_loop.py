@@ -12,8 +12,15 @@ from distgan.core import checkpoint, loop
 from distgan.spec.job import load_spec
 from distgan.tracking.record import RunRecord
 
-SMALL = ["train.batch_size=64", "train.eval_every=20", "train.checkpoint_every=30", "train.eval_samples=200",
-         "train.final_eval_seeds=1", "model.g_hidden=[32,32]", "model.d_hidden=[32,32]"]
+SMALL = [
+    "train.batch_size=64",
+    "train.eval_every=20",
+    "train.checkpoint_every=30",
+    "train.eval_samples=200",
+    "train.final_eval_seeds=1",
+    "model.g_hidden=[32,32]",
+    "model.d_hidden=[32,32]",
+]
 
 
 def _run(tmp_path, steps: int, *overrides: str):
@@ -24,7 +31,9 @@ def _run(tmp_path, steps: int, *overrides: str):
 
 
 def _recorded_steps(tmp_path) -> list[int]:
-    return [json.loads(line)["step"] for line in (tmp_path / "run" / "distgan" / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["step"] for line in (tmp_path / "run" / "distgan" / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_eval_and_checkpoint_cadence(tmp_path):
@@ -32,7 +41,10 @@ def test_eval_and_checkpoint_cadence(tmp_path):
     assert result["status"] == "finished" and result["steps"] == 60 and result["resumed_from"] == 0
     assert [r["step"] for r in session.reports] == [20, 30, 40, 60]  # evals, checkpoints, and the end
     assert _recorded_steps(tmp_path) == [20, 40, 60]  # evals only
-    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*")) == ["checkpoint_0000030", "checkpoint_0000060"]
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*")) == [
+        "checkpoint_0000030",
+        "checkpoint_0000060",
+    ]
     state = checkpoint.read(session.latest_checkpoint())
     assert state["step"] == 60 and len(state["rng"]) == 1
     assert {"modes", "high_quality", "reverse_kl", "modes_se", "loss_d", "grad_norm_g"} <= set(result["metrics"])
@@ -47,7 +59,9 @@ def test_a_rerun_resumes_from_the_latest_checkpoint(tmp_path):
     # a run resumed at its end reports the recorded final metrics and trains nothing
     result, session = _run(tmp_path, 90)
     assert result["resumed_from"] == 90 and result["steps"] == 90 and session.reports == []
-    assert result["metrics"]["modes"] == pytest.approx(json.loads((tmp_path / "run/distgan/metrics.jsonl").read_text().splitlines()[-1])["modes"])
+    assert result["metrics"]["modes"] == pytest.approx(
+        json.loads((tmp_path / "run/distgan/metrics.jsonl").read_text().splitlines()[-1])["modes"]
+    )
 
 
 def _poisoned_after(n: int):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distgan.core.losses import LOSS_TYPES, d_loss, g_loss, gradient_penalty, input_gradient_penalty
+from distgan.core.losses import G_NEEDS_REAL, LOSS_TYPES, d_loss, g_loss, gradient_penalty, input_gradient_penalty
 
 R = [0.0, 2.0]
 F_ = [-1.0, 0.5]
@@ -32,6 +32,8 @@ EXPECTED_D = {
     "wgan_gp": mean(F_) - mean(R),  # -0.25 - 1.0
     # 0.5*mean(1, 1) + 0.5*mean(1, 0.25)
     "lsgan": 0.5 * 1.0 + 0.5 * 0.625,
+    # pairs (0, -1) and (2, 0.5): r - f = 1, 1.5
+    "rpgan": mean([sp(-1.0), sp(-1.5)]),
 }
 
 EXPECTED_G = {
@@ -41,6 +43,8 @@ EXPECTED_G = {
     "wgan_gp": 0.25,
     # 0.5*mean(4, 0.25)
     "lsgan": 0.5 * 2.125,
+    # f - r = -1, -1.5
+    "rpgan": mean([sp(1.0), sp(1.5)]),
 }
 
 
@@ -59,7 +63,7 @@ def test_d_loss(kind, shape):
 @pytest.mark.parametrize("kind", LOSS_TYPES)
 @pytest.mark.parametrize("shape", [None, (2, 1)])
 def test_g_loss(kind, shape):
-    out = g_loss(kind, t(F_, shape))
+    out = g_loss(kind, t(F_, shape), t(R, shape))  # kinds outside G_NEEDS_REAL ignore the real logits
     assert out.dim() == 0
     assert out.item() == pytest.approx(EXPECTED_G[kind], rel=1e-12)
 
@@ -71,6 +75,23 @@ def test_hand_values_spelled_out():
         + 0.5 * (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(0.5)))
     )
     assert EXPECTED_G["nonsaturating"] == pytest.approx(0.5 * (math.log(1 + math.e) + math.log(1 + math.exp(-0.5))))
+
+
+def test_only_paired_losses_need_real_logits():
+    assert G_NEEDS_REAL == {"rpgan"}
+    with pytest.raises(ValueError, match="'rpgan' generator loss needs D's logits on real data"):
+        g_loss("rpgan", t(F_))
+    for kind in set(LOSS_TYPES) - G_NEEDS_REAL:
+        assert g_loss(kind, t(F_)).item() == pytest.approx(EXPECTED_G[kind], rel=1e-12)
+
+
+def test_rpgan_is_relativistic():
+    # Shifting all logits by a constant changes nothing; the pairing is by index.
+    for shift in (-3.0, 10.0):
+        assert d_loss("rpgan", t(R) + shift, t(F_) + shift).item() == pytest.approx(EXPECTED_D["rpgan"], rel=1e-12)
+        assert g_loss("rpgan", t(F_) + shift, t(R) + shift).item() == pytest.approx(EXPECTED_G["rpgan"], rel=1e-12)
+    swapped = d_loss("rpgan", t(R[::-1]), t(F_)).item()  # pairs (2, -1), (0, 0.5): r - f = 3, -0.5
+    assert swapped == pytest.approx(mean([sp(-3.0), sp(0.5)]), rel=1e-12)
 
 
 def test_softplus_stable_for_large_logits():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from distgan import models
-from distgan.spec.job import ModelSpec
+from distgan.models import resnet
+from distgan.spec.job import JobSpec, ModelSpec
 
 
 @pytest.mark.parametrize("size", [8, 16, 32, 64])
@@ -56,7 +57,7 @@ def test_mlp_sizes_follow_the_spec_and_images_reshape():
 @pytest.mark.parametrize(
     "shape, message",
     [
-        ((1, 28, 28), "this data is 28x28"),
+        ((1, 30, 30), "this data is 30x30"),
         ((1, 16, 32), "this data is 16x32"),
         ((5, 16, 16), "5 channels"),
         ((2,), "needs images"),
@@ -65,3 +66,88 @@ def test_mlp_sizes_follow_the_spec_and_images_reshape():
 def test_dcgan_refuses_shapes_it_cannot_make(shape, message):
     assert message in models.check_compatible(ModelSpec(arch="dcgan"), shape)
     assert models.check_compatible(ModelSpec(arch="mlp"), shape) is None
+
+
+# --- every family at every size: s0 * 2^k px (distgan.models.sizes) ---
+
+SPECS = {
+    "mlp": ModelSpec(arch="mlp", latent_dim=8, g_hidden=[16], d_hidden=[16]),
+    "dcgan": ModelSpec(arch="dcgan", latent_dim=8, base_channels=4),
+    "resnet": ModelSpec(arch="resnet", latent_dim=8, base_channels=4),
+}
+CASES = [(arch, size) for arch in SPECS for size in (8, 16, 28, 32, 48, 64)] + [("resnet", 96)]
+
+
+@pytest.mark.parametrize("arch, size", CASES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_family_makes_judges_and_backpropagates(arch, size, channels):
+    torch.manual_seed(0)
+    spec = SPECS[arch]
+    assert models.check_compatible(spec, (channels, size, size)) is None
+    G, D = models.build(spec, (channels, size, size))
+    x = G(torch.randn(3, 8))
+    assert x.shape == (3, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1 and x.std() > 0
+    logits = D(torch.cat([x, torch.rand(3, channels, size, size) * 2 - 1]))
+    assert logits.shape == (6,)
+    logits.square().sum().backward()
+    for name, p in [*G.named_parameters(), *D.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("shape", [(1, 30, 30), (3, 300, 300), (1, 6, 6), (1, 512, 512)])
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_unsupported_sizes_list_the_sizes_that_exist(arch, shape):
+    message = models.check_compatible(ModelSpec(arch=arch), shape)
+    listing = "8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256 px"
+    assert f"model.arch={arch} makes square images of {listing}" in message
+    assert f"this data is {shape[1]}x{shape[2]}: resize it" in message and "\n" not in message
+
+
+def _dcgan_parameters(extra_layers: int, size: int) -> int:
+    spec = ModelSpec(arch="dcgan", latent_dim=8, base_channels=8, extra_layers=extra_layers)
+    return sum(p.numel() for net in models.build(spec, (3, size, size)) for p in net.parameters())
+
+
+def test_dcgan_8_to_64_px_keeps_its_classic_nets():
+    # Parameter counts of the 4x4-start DCGAN before sizes were generalized (3 channels, base 8, latent 8).
+    counts = _dcgan_parameters
+    assert [counts(0, s) for s in (8, 16, 32, 64)] == [1948, 7244, 26028, 96364]
+    assert [counts(1, s) for s in (8, 16, 32, 64)] == [11564, 48876, 193132, 398316]
+
+
+@pytest.mark.parametrize("size, start", [(28, 7), (48, 6), (40, 5), (32, 4), (256, 4)])
+def test_dcgan_starts_from_the_s0_map(size, start):
+    G, D = models.build(ModelSpec(arch="dcgan", base_channels=4), (1, size, size))
+    assert G.net[0].kernel_size == (start, start) and D.net[-1].kernel_size == (start, start)
+
+
+def test_resnet_blocks_start_as_identity_without_normalization():
+    spec = ModelSpec(arch="resnet", latent_dim=8, base_channels=4, blocks_per_stage=2)
+    G, D = models.build(spec, (3, 32, 32))  # stages at 4, 8, 16, 32 px
+    for net in (G, D):
+        blocks = [m for m in net.modules() if isinstance(m, resnet.ResidualBlock)]
+        assert len(blocks) == 2 * 4
+        x = torch.randn(2, blocks[0].conv1.in_channels, 5, 5)
+        assert torch.equal(blocks[0](x), x)
+        norms = (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.InstanceNorm2d)
+        assert not any(isinstance(m, norms) for m in net.modules())
+        assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in net.modules())  # resampling by interpolation
+    widths = [m.conv1.in_channels for m in G.modules() if isinstance(m, resnet.ResidualBlock)]
+    assert widths == [32, 32, 16, 16, 8, 8, 4, 4]  # base next to the image, doubling per halving, at most 8x
+
+
+def test_resnet_residual_branches_are_scaled_by_depth():
+    # Fix-up: the first conv of each branch is He-initialized and scaled by L^-1/2 (L = blocks in the net).
+    torch.manual_seed(0)
+    G, _ = models.build(ModelSpec(arch="resnet", base_channels=64, blocks_per_stage=4), (3, 8, 8))  # 2 stages, L = 8
+    conv1 = next(m for m in G.modules() if isinstance(m, resnet.ResidualBlock)).conv1
+    he_std = (2 / (1 + resnet.SLOPE**2) / (conv1.in_channels * 9)) ** 0.5
+    assert conv1.weight.std().item() == pytest.approx(he_std / 8**0.5, rel=0.02)
+
+
+def test_resnet_refuses_spectral_norm_and_point_data():
+    with pytest.raises(ValueError, match="model.spectral_norm is for mlp/dcgan"):
+        ModelSpec(arch="resnet", spectral_norm=True)
+    with pytest.raises(ValueError, match="model.arch=resnet makes images; ring8 is 2-D points"):
+        JobSpec.model_validate({"data": {"name": "ring8"}, "model": {"arch": "resnet"}})

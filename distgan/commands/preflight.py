@@ -21,6 +21,9 @@ def check_job(spec: JobSpec) -> DataInfo:
     problem = models.check_compatible(spec.model, info.sample_shape)
     if problem:
         raise InputError(problem)
+    if spec.augment.policy and len(info.sample_shape) != 3:
+        shape, name = tuple(info.sample_shape), spec.data.name
+        raise InputError(f"augment.policy is for images; {name} samples have shape {shape}: use augment.policy=[]")
     net = features.choose(spec, info)
     if net:
         features.check(net, info.sample_shape, spec.metrics.feature_name)

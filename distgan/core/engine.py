@@ -7,7 +7,15 @@ wrapped in DistributedDataParallel; the step order below is the one that is corr
    each DDP iteration has exactly one forward/backward, penalties included; `opt_d.step()`.
 2. G step: all of D frozen (`requires_grad_(False)`: DDP then skips D's all-reduce), a fresh
    `D(G(z))`, `opt_g.step()`. Reusing the D-step forward after `opt_d.step()` would fail with an
-   in-place error under autograd, and freezing only part of D breaks DDP.
+   in-place error under autograd, and freezing only part of D breaks DDP. Losses whose G loss
+   needs D's logits on real data (rpgan) get them from one D forward over
+   cat(real, fake): one D call per iteration, as in the D step, so DDP's per-forward work (buffer
+   broadcast, reducer setup) and spectral norm's power iteration happen once, not twice.
+
+With an `augment_policy` (DiffAugment), every batch D sees -- in both steps, real and fake -- goes through
+`distgan.core.augment.apply` first. R1/R2 and WGAN-GP are gradients w.r.t. the un-augmented inputs,
+taken through the augmentation, as DiffAugment's StyleGAN2 code does (R1 w.r.t. `reals`): the
+penalty then smooths D on the data itself, and the ops are differentiable, so this is exact.
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from distgan.core import losses
+from distgan.core import augment, losses
 from distgan.spec.job import LossSpec, OptimSpec
 
 
@@ -38,8 +47,10 @@ class Engine:
         latent_dim: int,
         device: torch.device,
         bf16: bool = False,
+        augment_policy: Sequence[str] = (),
     ):
         self.G, self.D = G, D
+        self.augment_policy = tuple(augment_policy)
         self.loss, self.n_critic, self.ema_decay = loss, optim.n_critic, optim.ema
         self.latent_dim, self.device = latent_dim, device
         self.bf16 = bf16
@@ -67,7 +78,7 @@ class Engine:
             eps = torch.rand(n, *[1] * (real.dim() - 1), device=self.device)
             inputs.append(torch.lerp(real.detach(), fake.detach(), eps).requires_grad_(True))
         with self._autocast():
-            logits = self.D(torch.cat(inputs)).float()
+            logits = self.D(augment.apply(torch.cat(inputs), self.augment_policy)).float()
         parts = logits.split(n)
         loss = losses.d_loss(spec.type, parts[0], parts[1])
         stats = {"loss_d": loss.detach()}
@@ -89,11 +100,17 @@ class Engine:
         self.opt_d.step()
         return stats
 
-    def g_step(self, batch_size: int) -> dict[str, torch.Tensor]:
+    def g_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One G update on as many fakes as `real` has samples; `real` itself reaches D only for
+        losses in `losses.G_NEEDS_REAL` (each fake is paired with one real)."""
+        n, paired = real.shape[0], self.loss.type in losses.G_NEEDS_REAL
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                loss = losses.g_loss(self.loss.type, self.D(self.G(self._latents(batch_size))).float())
+                fake = self.G(self._latents(n)).float()
+                inputs = torch.cat([real.detach(), fake]) if paired else fake
+                logits = self.D(augment.apply(inputs, self.augment_policy)).float()
+            loss = losses.g_loss(self.loss.type, logits[-n:], logits[:n] if paired else None)
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.G.parameters(), math.inf)
@@ -111,7 +128,7 @@ class Engine:
         assert len(real_batches) == self.n_critic, f"need {self.n_critic} real batches, got {len(real_batches)}"
         for real in real_batches:
             stats = self.d_step(real)
-        stats.update(self.g_step(real_batches[-1].shape[0]))
+        stats.update(self.g_step(real_batches[-1]))
         return stats
 
     @torch.no_grad()

@@ -107,7 +107,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     G, D = models.build(spec.model, info.sample_shape)
     G, D = session.prepare_model(G), session.prepare_model(D)
     bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, device, bf16)
+    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, device, bf16, spec.augment.policy)
 
     start = 0
     ckpt = session.latest_checkpoint()

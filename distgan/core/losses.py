@@ -4,7 +4,9 @@ Convention: every function takes raw discriminator outputs (logits, shape [N]
 or [N, 1]; they are flattened) and returns a scalar to be *minimized* -- the
 discriminator loss by D's optimizer, the generator loss by G's. Means are over
 the batch. Regularizer weights (gamma/2 for R1/R2, lambda for WGAN-GP) are
-applied by the caller, not here.
+applied by the caller, not here. Relativistic losses (rpgan) pair the i-th real
+with the i-th fake, so their G loss needs D's logits on real data too
+(`G_NEEDS_REAL`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSS_TYPES = ("minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan")
+LOSS_TYPES = ("minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan", "rpgan")
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -32,6 +34,9 @@ _D_LOSSES = {
     "hinge": lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(),
     "wgan_gp": lambda r, f: f.mean() - r.mean(),
     "lsgan": lambda r, f: 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean(),
+    # Relativistic pairing (Jolicoeur-Martineau 2019; R3GAN, Huang et al. 2025): D scores how much
+    # more real each real looks than its paired fake, which avoids mode dropping of the plain logistic loss.
+    "rpgan": lambda r, f: F.softplus(-(r - f)).mean(),
 }
 
 _G_LOSSES = {
@@ -43,6 +48,12 @@ _G_LOSSES = {
     "wgan_gp": lambda f: -f.mean(),
     "lsgan": lambda f: 0.5 * ((f - 1) ** 2).mean(),
 }
+
+# G losses of (real logits, fake logits): G's loss depends on how D scores real data.
+_G_LOSSES_PAIRED = {
+    "rpgan": lambda r, f: F.softplus(-(f - r)).mean(),
+}
+G_NEEDS_REAL = frozenset(_G_LOSSES_PAIRED)
 
 
 def _check(kind: str) -> None:
@@ -56,10 +67,15 @@ def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return _D_LOSSES[kind](_flat(real_logits), _flat(fake_logits))
 
 
-def g_loss(kind: str, fake_logits: Tensor) -> Tensor:
-    """Generator loss (scalar) for ``kind``."""
+def g_loss(kind: str, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+    """Generator loss (scalar) for ``kind``. ``real_logits`` (same size as ``fake_logits``) is needed
+    by the kinds in ``G_NEEDS_REAL`` and ignored by the others."""
     _check(kind)
-    return _G_LOSSES[kind](_flat(fake_logits))
+    if kind not in G_NEEDS_REAL:
+        return _G_LOSSES[kind](_flat(fake_logits))
+    if real_logits is None:
+        raise ValueError(f"the {kind!r} generator loss needs D's logits on real data (real_logits)")
+    return _G_LOSSES_PAIRED[kind](_flat(real_logits), _flat(fake_logits))
 
 
 def _input_grad(logits: Tensor, inputs: Tensor) -> Tensor:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from distgan.models import dcgan, mlp
+from distgan.models import dcgan, mlp, resnet, sizes
 from distgan.spec.job import ModelSpec
+
+CONV_FAMILIES = {"dcgan": dcgan, "resnet": resnet}  # image-only: sizes from `distgan.models.sizes`
 
 
 def build(spec: ModelSpec, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
@@ -15,11 +17,12 @@ def build(spec: ModelSpec, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn
         for s in sample_shape:
             dim *= s
         return mlp.Generator(spec, sample_shape), mlp.Discriminator(spec, dim)
-    return dcgan.Generator(spec, sample_shape), dcgan.Discriminator(spec, sample_shape)
+    family = CONV_FAMILIES[spec.arch]
+    return family.Generator(spec, sample_shape), family.Discriminator(spec, sample_shape)
 
 
 def check_compatible(spec: ModelSpec, sample_shape: tuple[int, ...]) -> str | None:
     """Why this architecture cannot make samples of this shape, or None when it can."""
-    if spec.arch == "dcgan":
-        return dcgan.shape_problem(sample_shape)
+    if spec.arch in CONV_FAMILIES:
+        return sizes.shape_problem(spec.arch, sample_shape)
     return None

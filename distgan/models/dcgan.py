@@ -1,6 +1,7 @@
-"""DCGAN (Radford et al. 2016) for square images of 8 to 64 px.
+"""DCGAN (Radford et al. 2016) for square images of s0 * 2^k px, 8 to 256 (`distgan.models.sizes`).
 
-G upsamples a 4x4 map by strided transposed convolutions, with BatchNorm; D mirrors it with
+G upsamples an s0 x s0 map (4x4 for 8, 16, 32, 64 px: the classic nets, unchanged) by strided
+transposed convolutions, with BatchNorm; D mirrors it with
 strided convolutions and LeakyReLU but no BatchNorm, so that real and fake batches can share one
 D forward (needed for R1/GP under DDP) and batch statistics never mix them.
 """
@@ -11,26 +12,14 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from distgan.models.sizes import start_map
 from distgan.spec.job import ModelSpec
-
-SIZES = (8, 16, 32, 64)
-
-
-def shape_problem(sample_shape: tuple[int, ...]) -> str | None:
-    if len(sample_shape) != 3:
-        return f"model.arch=dcgan needs images (C, H, W); this data has samples of shape {tuple(sample_shape)}: use model.arch=mlp"
-    c, h, w = sample_shape
-    if h != w or h not in SIZES:
-        return f"model.arch=dcgan makes square images of {', '.join(map(str, SIZES))} px; this data is {h}x{w}: resize it or use model.arch=mlp"
-    if c not in (1, 3):
-        return f"model.arch=dcgan makes 1- or 3-channel images; this data has {c} channels"
-    return None
 
 
 def _widths(size: int, base: int, image_level: bool) -> list[int]:
-    """Channel widths from the 4x4 map up, capped at 8x base; `image_level` adds a feature map at
+    """Channel widths from the start map up, capped at 8x base; `image_level` adds a feature map at
     the image's own resolution (base wide)."""
-    levels = {8: 1, 16: 2, 32: 3, 64: 4}[size] + image_level
+    levels = start_map(size)[1] + image_level
     return [min(base * 2 ** (levels - 1 - i), base * 8) for i in range(levels)]
 
 
@@ -56,8 +45,9 @@ class Generator(nn.Module):
         channels, size, _ = sample_shape
         k = spec.extra_layers
         widths = _widths(size, spec.base_channels, image_level=k > 0)
+        s0 = start_map(size)[0]
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(spec.latent_dim, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
+            nn.ConvTranspose2d(spec.latent_dim, widths[0], s0, 1, 0, bias=False),  # 1x1 -> s0 x s0
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
@@ -75,14 +65,14 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """G mirrored: strided convs down to 4x4 (a 3x3 conv reads the pixels first when there are
-    extra layers, and that many 3x3 blocks follow each downsampling), then a 4x4 conv to one score."""
+    """G mirrored: strided convs down to s0 x s0 (a 3x3 conv reads the pixels first when there are
+    extra layers, and that many 3x3 blocks follow each downsampling), then an s0 x s0 conv to one score."""
 
     def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
         super().__init__()
         channels, size, _ = sample_shape
         k = spec.extra_layers
-        widths = _widths(size, spec.base_channels, image_level=k > 0)[::-1]  # grows toward the 4x4 map
+        widths = _widths(size, spec.base_channels, image_level=k > 0)[::-1]  # grows toward the start map
         sn = spectral_norm if spec.spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
         if k:
@@ -93,7 +83,7 @@ class Discriminator(nn.Module):
         for a, b in pairs:
             layers += [sn(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
             layers += _refine(b, k, norm=False, sn=sn)
-        layers.append(sn(nn.Conv2d(widths[-1], 1, 4, 1, 0)))  # 4x4 -> 1x1
+        layers.append(sn(nn.Conv2d(widths[-1], 1, start_map(size)[0], 1, 0)))  # s0 x s0 -> 1x1
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from distgan.errors import InputError
 
 BUILTIN_DATASETS = ("ring8", "grid25", "digits")
+POINT_DATASETS = ("ring8", "grid25")  # 2-D mixtures: no images, so no conv models and no image augmentation
 # The job `distgan train` runs with no spec; the ready specs ship in the package (jobs/ links here).
 JOBS_DIR = Path(__file__).parents[1] / "jobs"
 DEFAULT_JOB = JOBS_DIR / "grid25.yaml"
@@ -44,28 +45,34 @@ class DataSpec(Section):
 
 
 class ModelSpec(Section):
-    arch: Literal["mlp", "dcgan"] = "mlp"
+    arch: Literal["mlp", "dcgan", "resnet"] = "mlp"
     latent_dim: int = Field(64, ge=1, le=4096)
     # mlp: widths of the hidden layers of G and D
     g_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256])
     d_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256])
-    # dcgan: channel width of the layer next to the image (doubles per halving of resolution)
+    # dcgan, resnet: channel width of the layer next to the image (doubles per halving of resolution, up to 8x)
     base_channels: int = Field(64, ge=4, le=1024)
     # dcgan: 3x3 conv blocks after each resolution change below the image's; >= 1 also gives G and D
     # a feature map at the image's own resolution. Depth for small images (8 px: one upsampling).
     extra_layers: int = Field(0, ge=0, le=8)
-    spectral_norm: bool = False  # spectral norm on D's layers
+    blocks_per_stage: int = Field(1, ge=1, le=8)  # resnet: residual blocks at each resolution, in G and in D
+    spectral_norm: bool = False  # spectral norm on D's layers (mlp, dcgan)
 
     @model_validator(mode="after")
     def _positive_widths(self) -> ModelSpec:
         for name in ("g_hidden", "d_hidden"):
             if any(w < 1 for w in getattr(self, name)):
                 raise ValueError(f"model.{name} widths must be >= 1, got {getattr(self, name)}")
+        if self.arch == "resnet" and self.spectral_norm:
+            # Its residual branches start at zero weight, where spectral norm divides by zero.
+            raise ValueError(
+                "model.spectral_norm is for mlp/dcgan; resnet's D is kept smooth by loss.r1/loss.r2 instead"
+            )
         return self
 
 
 class LossSpec(Section):
-    type: Literal["minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan"] = "nonsaturating"
+    type: Literal["minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan", "rpgan"] = "nonsaturating"
     r1: float = Field(0.0, ge=0)  # gamma of the R1 penalty on real data (gamma/2 * E|grad D(x)|^2)
     r2: float = Field(0.0, ge=0)  # gamma of the R2 penalty on generated data
     gp: float = Field(10.0, ge=0)  # weight of the WGAN-GP gradient penalty (used by wgan_gp only)
@@ -85,6 +92,12 @@ class OptimSpec(Section):
             if not all(0 <= b < 1 for b in getattr(self, name)):
                 raise ValueError(f"optim.{name} must be two numbers in [0, 1), got {list(getattr(self, name))}")
         return self
+
+
+class AugmentSpec(Section):
+    """DiffAugment (`distgan.core.augment`): ops applied, in this order, to every image D sees."""
+
+    policy: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)  # [] = off
 
 
 class TrainSpec(Section):
@@ -126,6 +139,7 @@ class JobSpec(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     loss: LossSpec = Field(default_factory=LossSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
@@ -137,8 +151,11 @@ class JobSpec(Section):
                 f"train.batch_size={self.train.batch_size} does not split evenly over "
                 f"scaling.workers={self.scaling.workers}; use a multiple of the worker count"
             )
-        if self.model.arch == "dcgan" and self.data.name in ("ring8", "grid25"):
-            raise ValueError(f"model.arch=dcgan makes images; {self.data.name} is 2-D points: use model.arch=mlp")
+        if self.model.arch in ("dcgan", "resnet") and self.data.name in POINT_DATASETS:
+            arch, data = self.model.arch, self.data.name
+            raise ValueError(f"model.arch={arch} makes images; {data} is 2-D points: use model.arch=mlp")
+        if self.augment.policy and self.data.name in POINT_DATASETS:
+            raise ValueError(f"augment.policy is for images; {self.data.name} is 2-D points: use augment.policy=[]")
         return self
 
 
