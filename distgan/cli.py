@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from distgan import __version__
 from distgan.errors import InputError
 
 
@@ -241,6 +242,7 @@ def _tracking_options(p: argparse.ArgumentParser, uri_help: str, register_help: 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distgan", description="Distributed GAN training on Ray, tracked in MLflow.")
+    p.add_argument("--version", action="version", version=f"distgan {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a GAN from a job spec (default: the built-in grid25 job)")

@@ -105,3 +105,10 @@ def test_all_shipped_job_specs_validate():
         else:
             spec = load_spec(path, ["data.path=/data"] if "parquet" in path.name else [])
         assert isinstance(spec, JobSpec)
+
+
+def test_version_flag(tmp_path):
+    import distgan
+
+    r = run_cli("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"distgan {distgan.__version__}"
