@@ -120,7 +120,7 @@ def _torch_trainer_trial(spec: JobSpec, info: DataInfo, child: dict | None, data
     trainer.fit()
 
 
-def _stopper(search: SearchSpec, n_modes: int | None):
+def _stopper(search: SearchSpec, n_modes: int | None, loss: str):
     from ray import tune
 
     class DivergenceStopper(tune.Stopper):
@@ -134,7 +134,11 @@ def _stopper(search: SearchSpec, n_modes: int | None):
             if "loss_d" not in result:
                 return False
             progress = ["modes", "high_quality"] if search.metric == "mixture_score" else None
-            monitor = self.monitors.setdefault(trial_id, TrialMonitor(search.stop, search.metric, search.mode, progress, n_modes))
+            monitor = self.monitors.get(trial_id)
+            if monitor is None:  # the trial's own loss type: the space may draw it
+                trial_loss = (result.get("config") or {}).get("loss.type", loss)
+                monitor = TrialMonitor(search.stop, search.metric, search.mode, progress, n_modes, trial_loss)
+                self.monitors[trial_id] = monitor
             reason = monitor.update(result)
             if reason:
                 self.reasons[trial_id] = reason
@@ -249,7 +253,7 @@ def search(spec: JobSpec, search_spec: SearchSpec, address: str | None = None, e
         n_modes = len(mixture_means(spec.data.name)) if info.kind == "mixture" else None
         if features.choose(spec, info) == "digits":  # labeled images: classes play the part of modes
             n_modes = digits_net.NUM_CLASSES
-        stopper = _stopper(search_spec, n_modes) if search_spec.early_stop else None
+        stopper = _stopper(search_spec, n_modes, spec.loss.type) if search_spec.early_stop else None
         reasons = stopper.reasons if stopper else {}
         log = _trial_log(echo, reasons, spec.train.steps, search_spec.metric, list(search_spec.space), search_spec.scheduler)
         tuner = tune.Tuner(
@@ -315,7 +319,8 @@ def _trial_rows(grid, reasons: dict, total_steps: int, search_spec: SearchSpec, 
 
 
 # The loop's own metrics, not Tune's bookkeeping (training_iteration, time_total_s, pid, ...).
-_LOOP = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "img_per_s", "step_time", "eval_s", "lr_g", "lr_d", "r1", "r2", "gp", "mixture_score"}
+_LOOP = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "d_accuracy", "critic_gap", "r1", "r2", "gp"}
+_LOOP |= {"img_per_s", "step_time", "eval_s", "lr_g", "lr_d", "mixture_score"}
 
 
 def _is_reported(key: str) -> bool:
