@@ -50,8 +50,10 @@ def main() -> None:
         os.environ["DISTGAN_CACHE"] = f"{tmp}/cache"
         halves = floor()
         fd_floor = float(np.mean(halves))
-        print(f"floor: fd_digits between disjoint halves of the real digits (898 vs 899), 3 splits: "
-              f"{', '.join(f'{v:.2f}' for v in halves)}; mean {fd_floor:.2f}; 3x floor = {3 * fd_floor:.2f}")
+        print(
+            f"floor: fd_digits between disjoint halves of the real digits (898 vs 899), 3 splits: "
+            f"{', '.join(f'{v:.2f}' for v in halves)}; mean {fd_floor:.2f}; 3x floor = {3 * fd_floor:.2f}"
+        )
 
         spec = config.load_spec(config.JOBS_DIR / "digits.yaml")
         info = data.inspect(spec.data)
@@ -63,8 +65,10 @@ def main() -> None:
         t1 = time.perf_counter()
         q = ev.image_metrics(generator.eval(), 10_000, seed=0)
         t2 = time.perf_counter()
-        print(f"reference features (first use, then cached): {t1 - t0:.2f}s; final metrics on 10,000 samples "
-              f"(1 thread): {t2 - t1:.2f}s  (target < 30 s)  [untrained G: fd_digits {q['fd_digits']:.0f}]")
+        print(
+            f"reference features (first use, then cached): {t1 - t0:.2f}s; final metrics on 10,000 samples "
+            f"(1 thread): {t2 - t1:.2f}s  (target < 30 s)  [untrained G: fd_digits {q['fd_digits']:.0f}]"
+        )
 
         if args.skip_train:
             return
@@ -75,11 +79,15 @@ def main() -> None:
         rows = [json.loads(line) for line in Path(res["run_dir"], "distgan", "metrics.jsonl").read_text().splitlines()]
         eval_s = sum(r["eval_s"] for r in rows)
         m = res["metrics"]
-        print(f"distgan train jobs/digits.yaml (1 worker, {res['steps']} steps): {wall:.0f}s wall (target < 600 s); "
-              f"evaluation {eval_s:.1f}s of {res['wall_s']:.0f}s training = {eval_s / res['wall_s']:.1%} (target < 10%)")
-        print(f"final (10,000 samples): fd_digits {m['fd_digits']:.2f} = {m['fd_digits'] / fd_floor:.2f}x floor (target <= 3x); "
-              f"classes_covered {m['classes_covered']:.2f} (class_kl {m['class_kl']:.3f}); precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
-              f"kid_digits {m['kid_digits']:.2f} +- {m['kid_digits_se']:.2f}")
+        print(
+            f"distgan train jobs/digits.yaml (1 worker, {res['steps']} steps): {wall:.0f}s wall (target < 600 s); "
+            f"evaluation {eval_s:.1f}s of {res['wall_s']:.0f}s training = {eval_s / res['wall_s']:.1%} (target < 10%)"
+        )
+        print(
+            f"final (10,000 samples): fd_digits {m['fd_digits']:.2f} = {m['fd_digits'] / fd_floor:.2f}x floor (target <= 3x); "
+            f"classes_covered {m['classes_covered']:.2f} (class_kl {m['class_kl']:.3f}); precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
+            f"kid_digits {m['kid_digits']:.2f} +- {m['kid_digits_se']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,18 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "distgan", "train", *([args.job] if args.job else []), "--workers", str(args.workers),
-               "--set", f"train.storage_path={tmp}", *[x for s in args.set for x in ("--set", s)]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "distgan",
+            "train",
+            *([args.job] if args.job else []),
+            "--workers",
+            str(args.workers),
+            "--set",
+            f"train.storage_path={tmp}",
+            *[x for s in args.set for x in ("--set", s)],
+        ]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         root = psutil.Process(proc.pid)
@@ -59,7 +69,9 @@ def main() -> None:
                 peak_by_kind[k] = max(peak_by_kind[k], v)
             time.sleep(0.25)
         tail = proc.stdout.read().strip().splitlines()[-1:]
-    print(f"job: {args.job or 'default grid25'}, {args.workers} worker(s), wall {time.perf_counter() - t0:.0f}s; {tail[0] if tail else ''}")
+    print(
+        f"job: {args.job or 'default grid25'}, {args.workers} worker(s), wall {time.perf_counter() - t0:.0f}s; {tail[0] if tail else ''}"
+    )
     print(f"peak total PSS (driver + all Ray processes): {peak_total / 2**20:,.0f} MiB")
     for k, v in sorted(peak_by_kind.items(), key=lambda kv: -kv[1]):
         print(f"  {k:16} peak {v / 2**20:8,.0f} MiB")

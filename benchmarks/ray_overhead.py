@@ -39,9 +39,17 @@ def bare_step_time(spec, steps: int, warmup: int) -> float:
 
 def ray_step_time(spec, steps: int, warmup: int, storage: str) -> float:
     spec = config.validate_spec(
-        spec.model_dump() | {"train": spec.train.model_dump() | {
-            "steps": warmup + steps, "eval_every": warmup, "checkpoint_every": warmup + steps,
-            "storage_path": storage, "name": "overhead"}}
+        spec.model_dump()
+        | {
+            "train": spec.train.model_dump()
+            | {
+                "steps": warmup + steps,
+                "eval_every": warmup,
+                "checkpoint_every": warmup + steps,
+                "storage_path": storage,
+                "name": "overhead",
+            }
+        }
     )
     res = train.train(spec, echo=lambda line: None)
     assert res["status"] == "finished", res
@@ -63,7 +71,9 @@ def main() -> None:
         ray = ray_step_time(spec, args.steps, args.warmup, tmp)
     after = bare_step_time(spec, args.steps, args.warmup)
     bare = (before + after) / 2
-    print(f"job: default grid25 (mlp 3x256, batch {spec.train.batch_size}), {args.steps} timed steps after {args.warmup} warm-up, 1 worker, 1 thread")
+    print(
+        f"job: default grid25 (mlp 3x256, batch {spec.train.batch_size}), {args.steps} timed steps after {args.warmup} warm-up, 1 worker, 1 thread"
+    )
     print(f"bare loop   : {bare * 1e3:7.2f} ms/step  (before {before * 1e3:.2f}, after {after * 1e3:.2f})")
     print(f"Ray Train   : {ray * 1e3:7.2f} ms/step")
     print(f"ratio ray/bare: {ray / bare:.3f}  (target <= 1.05)")

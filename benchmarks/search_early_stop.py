@@ -29,8 +29,10 @@ def describe(label: str, res: dict) -> str:
     reasons: dict[str, int] = {}
     for t in res["trials"]:
         reasons[t["stop_reason"]] = reasons.get(t["stop_reason"], 0) + 1
-    return (f"{label:>16}: {res['steps']:>7} steps, {res['wall']:6.0f}s wall; best {res['best']} ({res['metric']} "
-            f"{m[res['metric']]:.4g}: {quality}); stop reasons {reasons}")
+    return (
+        f"{label:>16}: {res['steps']:>7} steps, {res['wall']:6.0f}s wall; best {res['best']} ({res['metric']} "
+        f"{m[res['metric']]:.4g}: {quality}); stop reasons {reasons}"
+    )
 
 
 def main() -> None:

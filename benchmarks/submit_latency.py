@@ -26,9 +26,27 @@ from test_submit import LocalRayCluster  # noqa: E402  (the tests' two-node clus
 
 
 def one_submit(cluster: LocalRayCluster, workdir: Path) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "distgan", "submit", str(REPO / "jobs" / "grid25.yaml"), "--address", cluster.address,
-           "--follow", "--no-tracking", "--workdir", str(workdir), "--set", "train.steps=5", "--set", "train.eval_every=1",
-           "--set", "train.checkpoint_every=5", "--set", "train.final_eval_seeds=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distgan",
+        "submit",
+        str(REPO / "jobs" / "grid25.yaml"),
+        "--address",
+        cluster.address,
+        "--follow",
+        "--no-tracking",
+        "--workdir",
+        str(workdir),
+        "--set",
+        "train.steps=5",
+        "--set",
+        "train.eval_every=1",
+        "--set",
+        "train.checkpoint_every=5",
+        "--set",
+        "train.final_eval_seeds=1",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     marks: dict[str, float] = {}
@@ -59,8 +77,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.repeats):
                 m = one_submit(cluster, Path(tmp) / f"job{i}")
-                print(f"run {i + 1}: submitted {m['submitted']:.1f}s  entrypoint {m['entrypoint']:.1f}s  "
-                      f"first step {m['first_step']:.1f}s  job done {m['done']:.1f}s")
+                print(
+                    f"run {i + 1}: submitted {m['submitted']:.1f}s  entrypoint {m['entrypoint']:.1f}s  "
+                    f"first step {m['first_step']:.1f}s  job done {m['done']:.1f}s"
+                )
     finally:
         cluster.stop()
         shutil.rmtree(cluster.temp_dir, ignore_errors=True)

@@ -47,21 +47,37 @@ def main() -> None:
             walls: dict[str, list[float]] = {"off": [], "on": []}
             order = [m for i in range(args.pairs) for m in (("off", "on") if i % 2 == 0 else ("on", "off"))]
             for i, mode in enumerate(order):
-                spec = config.load_spec(None, [f"train.steps={args.steps}", f"train.storage_path={tmp / 'runs'}", f"train.name=tracking-{i}-{mode}"])
-                wall, res = timed_train(spec, train.Tracking(enabled=mode == "on", tracking_uri=f"sqlite:///{tmp}/mlflow.db"))
+                spec = config.load_spec(
+                    None,
+                    [
+                        f"train.steps={args.steps}",
+                        f"train.storage_path={tmp / 'runs'}",
+                        f"train.name=tracking-{i}-{mode}",
+                    ],
+                )
+                wall, res = timed_train(
+                    spec, train.Tracking(enabled=mode == "on", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+                )
                 assert res["status"] == "finished", res
                 walls[mode].append(wall)
                 print(f"  run {i + 1}/{len(order)} tracking {mode}: {wall:.1f}s", flush=True)
             on, off = sum(walls["on"]), sum(walls["off"])
-            print(f"default grid25 job, {args.steps} steps, 1 worker, {args.pairs} pair(s): tracking off {off / args.pairs:.1f}s, "
-                  f"on {on / args.pairs:.1f}s on average (sqlite store, incl. model logging); ratio on/off {on / off:.3f}  (target <= 1.05)")
+            print(
+                f"default grid25 job, {args.steps} steps, 1 worker, {args.pairs} pair(s): tracking off {off / args.pairs:.1f}s, "
+                f"on {on / args.pairs:.1f}s on average (sqlite store, incl. model logging); ratio on/off {on / off:.3f}  (target <= 1.05)"
+            )
 
         server = MlflowServer(tmp / "server").start()
         try:
             spec = config.load_spec(None)
             generator, _ = models.build(spec.model, (2,))
-            meta = {"model": spec.model.model_dump(mode="json"), "sample_shape": [2], "latent_dim": spec.model.latent_dim,
-                    "dataset": "grid25", "kind": "mixture"}
+            meta = {
+                "model": spec.model.model_dump(mode="json"),
+                "sample_shape": [2],
+                "latent_dim": spec.model.latent_dim,
+                "dataset": "grid25",
+                "kind": "mixture",
+            }
             from mlflow.tracking import MlflowClient
 
             client = MlflowClient(server.uri)
@@ -71,15 +87,36 @@ def main() -> None:
                 t0 = time.perf_counter()
                 model_uri = registry.log_generator(server.uri, run_id, generator, meta)
                 t1 = time.perf_counter()
-                registry.register(server.uri, model_uri, "bench-grid25", "mixture", {"modes": 25.0, "high_quality": 0.9}, {}, "bench")
+                registry.register(
+                    server.uri, model_uri, "bench-grid25", "mixture", {"modes": 25.0, "high_quality": 0.9}, {}, "bench"
+                )
                 t2 = time.perf_counter()
-                print(f"log_model + register ({label}): {t2 - t0:.2f}s (log_model {t1 - t0:.2f}s, register {t2 - t1:.2f}s)  (target < 3 s)")
+                print(
+                    f"log_model + register ({label}): {t2 - t0:.2f}s (log_model {t1 - t0:.2f}s, register {t2 - t1:.2f}s)  (target < 3 s)"
+                )
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "distgan", "pull", "models:/bench-grid25@champion", "--n", "2500",
-                                "--out", str(tmp / "pulled"), "--tracking-uri", server.uri], capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "distgan",
+                    "pull",
+                    "models:/bench-grid25@champion",
+                    "--n",
+                    "2500",
+                    "--out",
+                    str(tmp / "pulled"),
+                    "--tracking-uri",
+                    server.uri,
+                ],
+                capture_output=True,
+                text=True,
+            )
             took = time.perf_counter() - t0
             assert r.returncode == 0, r.stderr
-            print(f"distgan pull models:/bench-grid25@champion --n 2500 (png + npy): {took:.2f}s wall, Python start included  (target < 10 s)")
+            print(
+                f"distgan pull models:/bench-grid25@champion --n 2500 (png + npy): {took:.2f}s wall, Python start included  (target < 10 s)"
+            )
         finally:
             server.stop()
 

@@ -32,9 +32,15 @@ def _train(args: argparse.Namespace) -> int:
     tracking = train.Tracking(not args.no_tracking, args.tracking_uri, args.experiment, args.register, args.generator)
     result = train.train(spec, address=args.address, tracking=tracking)
     _write_json(args.json_out, result)
-    print(f"{result['status']}: {result['steps']} steps in {result['wall_s']:.0f}s  {evaluation.headline(result['metrics'])}  run {result['run_dir']}")
+    print(
+        f"{result['status']}: {result['steps']} steps in {result['wall_s']:.0f}s  {evaluation.headline(result['metrics'])}  run {result['run_dir']}"
+    )
     if result["mlflow_run_id"]:
-        registered = f"; registered {result['model_uri']}{' (champion)' if result['champion'] else ''}" if result["model_uri"] else ""
+        registered = (
+            f"; registered {result['model_uri']}{' (champion)' if result['champion'] else ''}"
+            if result["model_uri"]
+            else ""
+        )
         print(f"mlflow run {result['mlflow_run_id']} at {result['tracking_uri']}{registered}")
     if result.get("error"):
         print(result["error"], file=sys.stderr)
@@ -54,9 +60,15 @@ def _search(args: argparse.Namespace) -> int:
     result = search.search(spec, search_spec, address=args.address, tracking=tracking)
     _write_json(args.json_out, result)
     steps = sum(t["steps"] for t in result["trials"])
-    print(f"{result['status']}: {len(result['trials'])} trials, {steps} steps in {result['wall_s']:.0f}s; best {result['best']}")
+    print(
+        f"{result['status']}: {len(result['trials'])} trials, {steps} steps in {result['wall_s']:.0f}s; best {result['best']}"
+    )
     if result["mlflow_run_id"]:
-        registered = f"; registered {result['model_uri']}{' (champion)' if result['champion'] else ''}" if result["model_uri"] else ""
+        registered = (
+            f"; registered {result['model_uri']}{' (champion)' if result['champion'] else ''}"
+            if result["model_uri"]
+            else ""
+        )
         print(f"mlflow parent run {result['mlflow_run_id']}{registered}")
     return 0 if result["status"] == "finished" else 1
 
@@ -86,7 +98,9 @@ def _models(args: argparse.Namespace) -> int:
         doc = registry.show_model(uri, args.name)
         print(doc["name"])
         for v in doc["versions"]:
-            metrics = "  ".join(f"{k.removeprefix('metric.')} {val}" for k, val in sorted(v["tags"].items()) if k.startswith("metric."))
+            metrics = "  ".join(
+                f"{k.removeprefix('metric.')} {val}" for k, val in sorted(v["tags"].items()) if k.startswith("metric.")
+            )
             aliases = " ".join(f"@{a}" for a in v["aliases"])
             print(f"  v{v['version']:<4} {aliases:12} run {v['run_id']}  {metrics}")
         return 0
@@ -102,16 +116,22 @@ def _pull(args: argparse.Namespace) -> int:
 
     result = hub.pull(args.model_uri, args.n, args.seed, args.out, args.format or ["png", "npy"], args.tracking_uri)
     _write_json(args.json_out, result)
-    print(f"{result['n']} samples of shape {tuple(result['sample_shape'])} from {args.model_uri}: {', '.join(result['files'])}")
+    print(
+        f"{result['n']} samples of shape {tuple(result['sample_shape'])} from {args.model_uri}: {', '.join(result['files'])}"
+    )
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from distgan import evaluation
 
-    result = evaluation.evaluate_generator(args.source, args.data, args.n, args.seed, args.feature_net, args.tracking_uri)
+    result = evaluation.evaluate_generator(
+        args.source, args.data, args.n, args.seed, args.feature_net, args.tracking_uri
+    )
     _write_json(args.json_out, result)
-    print(f"{result['source']} on {result['dataset']} ({result['n']} samples): {evaluation.headline(result['metrics'])}")
+    print(
+        f"{result['source']} on {result['dataset']} ({result['n']} samples): {evaluation.headline(result['metrics'])}"
+    )
     for k, v in sorted(result["metrics"].items()):
         print(f"  {k:18} {v:.5g}")
     return 0
@@ -133,8 +153,15 @@ def _submit(args: argparse.Namespace) -> int:
 
     overrides = _job_overrides(args)
     sub = submit.Submission(
-        args.job, overrides, not args.no_tracking, args.tracking_uri, args.experiment, args.register,
-        args.python or submit.DEFAULT_PYTHON, args.ship_code, args.workdir,
+        args.job,
+        overrides,
+        not args.no_tracking,
+        args.tracking_uri,
+        args.experiment,
+        args.register,
+        args.python or submit.DEFAULT_PYTHON,
+        args.ship_code,
+        args.workdir,
     )
     cluster, doc = submit.submit(sub, args.address)
     job_id = doc["job_id"]
@@ -150,7 +177,10 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"\nstopped following; {job_id} keeps running (distgan jobs stop {job_id} stops it)", file=sys.stderr)
         return 130
     result = submit.result_from_logs(submit.logs(cluster, job_id)) or {}
-    _write_json(args.json_out, {**result, **doc, "status": result.get("status", "failed"), "job_status": status, "result": result or None})
+    _write_json(
+        args.json_out,
+        {**result, **doc, "status": result.get("status", "failed"), "job_status": status, "result": result or None},
+    )
     print(f"job {job_id} {status}", file=sys.stderr)
     return 0 if status == "SUCCEEDED" else 1
 
@@ -166,8 +196,13 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.action == "list":
         jobs = submit.list_jobs(cluster)
         for j in jobs:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"] / 1000)) if j["start_time"] else "-"
-            what = f"{j['metadata'].get('distgan.command', '')} {j['metadata'].get('distgan.spec', '')}".strip() or j["entrypoint"][:60]
+            started = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"] / 1000)) if j["start_time"] else "-"
+            )
+            what = (
+                f"{j['metadata'].get('distgan.command', '')} {j['metadata'].get('distgan.spec', '')}".strip()
+                or j["entrypoint"][:60]
+            )
             print(f"{j['job_id']:40} {j['status']:10} {started}  {what}")
         if not jobs:
             print(f"no jobs on {cluster.address}")
@@ -186,9 +221,14 @@ def _jobs(args: argparse.Namespace) -> int:
 def _tracking_server(args: argparse.Namespace) -> int:
     from distgan import submit
 
-    submit.run_tracking_server(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
-                               artifacts_destination=args.artifacts_destination, allowed_hosts=args.allowed_hosts,
-                               workers=args.workers)
+    submit.run_tracking_server(
+        host=args.host,
+        port=args.port,
+        backend_store_uri=args.backend_store_uri,
+        artifacts_destination=args.artifacts_destination,
+        allowed_hosts=args.allowed_hosts,
+        workers=args.workers,
+    )
     return 0  # not reached: the server replaces this process
 
 
@@ -206,14 +246,20 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a GAN from a job spec (default: the built-in grid25 job)")
     t.add_argument("job", nargs="?", help="job spec YAML (omit for the built-in default job)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key, e.g. optim.lr_g=2e-4")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key, e.g. optim.lr_g=2e-4"
+    )
     t.add_argument("--address", help="join this Ray cluster (default: start a local Ray in-process)")
     t.add_argument("--workers", type=int, help="number of Train workers (scaling.workers)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     t.add_argument("--name", help="run name (train.name); an existing name resumes that run")
     t.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
-    _tracking_options(t, "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
-                      "register the generator in the Model Registry under NAME", "no MLflow run (the run directory still records everything)")
+    _tracking_options(
+        t,
+        "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+        "register the generator in the Model Registry under NAME",
+        "no MLflow run (the run directory still records everything)",
+    )
     t.add_argument("--generator", choices=["ema", "raw"], default="ema", help="which generator to log (default: ema)")
     t.set_defaults(fn=_train)
 
@@ -222,8 +268,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a job key or search.* key")
     s.add_argument("--trials", type=int, help="number of trials (search.trials)")
     s.add_argument("--address", help="join this Ray cluster (default: start a local Ray in-process)")
-    s.add_argument("--no-early-stop", action="store_true", help="no divergence stopper and no ASHA: every trial runs to the end")
-    _tracking_options(s, "MLflow tracking URI (default as for train)", "register the best trial's generator under NAME", "no MLflow runs")
+    s.add_argument(
+        "--no-early-stop", action="store_true", help="no divergence stopper and no ASHA: every trial runs to the end"
+    )
+    _tracking_options(
+        s,
+        "MLflow tracking URI (default as for train)",
+        "register the best trial's generator under NAME",
+        "no MLflow runs",
+    )
     s.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
     s.set_defaults(fn=_search)
 
@@ -239,17 +292,29 @@ def parser() -> argparse.ArgumentParser:
     p_.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p_.add_argument("--seed", type=int, default=0)
     p_.add_argument("--out", default="samples", help="output directory (default ./samples)")
-    p_.add_argument("--format", action="append", choices=["png", "npy", "parquet"], help="repeatable (default: png and npy)")
+    p_.add_argument(
+        "--format", action="append", choices=["png", "npy", "parquet"], help="repeatable (default: png and npy)"
+    )
     p_.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default as for train)")
     p_.add_argument("--json-out", metavar="FILE")
     p_.set_defaults(fn=_pull)
 
     e = sub.add_parser("eval", help="quality metrics of a generator: a model URI, a run directory or a checkpoint")
-    e.add_argument("source", help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/generator, a run directory or a checkpoint")
-    e.add_argument("--data", help="a built-in dataset or a job spec (its data and metrics sections); default: the generator's own")
-    e.add_argument("--n", type=int, help="samples (default: metrics.final_samples, 10,000, for images; 2,500 x 10 seeds for mixtures)")
+    e.add_argument(
+        "source", help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/generator, a run directory or a checkpoint"
+    )
+    e.add_argument(
+        "--data", help="a built-in dataset or a job spec (its data and metrics sections); default: the generator's own"
+    )
+    e.add_argument(
+        "--n",
+        type=int,
+        help="samples (default: metrics.final_samples, 10,000, for images; 2,500 x 10 seeds for mixtures)",
+    )
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--feature-net", help="digits, inception or a TorchScript file (default: metrics.feature_net of the spec)")
+    e.add_argument(
+        "--feature-net", help="digits, inception or a TorchScript file (default: metrics.feature_net of the spec)"
+    )
     e.add_argument("--tracking-uri", help="MLflow tracking/registry URI, for model URIs (default as for train)")
     e.add_argument("--json-out", metavar="FILE")
     e.set_defaults(fn=_eval)
@@ -260,15 +325,33 @@ def parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", help="submit a job or search spec to a Ray cluster as a Ray job")
     sb.add_argument("job", help="job spec YAML, or a search spec (one with a search: section)")
     sb.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS)")
-    sb.add_argument("--follow", action="store_true", help="stream the job's log and exit with its outcome (0 SUCCEEDED, 1 otherwise)")
-    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key (checked here, applied there)")
+    sb.add_argument(
+        "--follow",
+        action="store_true",
+        help="stream the job's log and exit with its outcome (0 SUCCEEDED, 1 otherwise)",
+    )
+    sb.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (checked here, applied there)",
+    )
     sb.add_argument("--workers", type=int, help="number of Train workers (scaling.workers)")
     sb.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
-    _tracking_options(sb, "MLflow server the cluster reaches, http://HEAD:5000 (default: $MLFLOW_TRACKING_URI)",
-                      "register the generator under NAME", "no MLflow run")
-    sb.add_argument("--ship-code", action="store_true", help="send this machine's distgan package with the job (py_modules)")
+    _tracking_options(
+        sb,
+        "MLflow server the cluster reaches, http://HEAD:5000 (default: $MLFLOW_TRACKING_URI)",
+        "register the generator under NAME",
+        "no MLflow run",
+    )
+    sb.add_argument(
+        "--ship-code", action="store_true", help="send this machine's distgan package with the job (py_modules)"
+    )
     sb.add_argument("--python", help="the cluster's Python for the job (default: the interpreter Ray runs in there)")
-    sb.add_argument("--workdir", metavar="DIR", help="directory on the cluster the job runs in (default: ~/distgan_jobs/JOB_ID)")
+    sb.add_argument(
+        "--workdir", metavar="DIR", help="directory on the cluster the job runs in (default: ~/distgan_jobs/JOB_ID)"
+    )
     sb.add_argument("--json-out", metavar="FILE", help="write the job id and, with --follow, the run's result as JSON")
     sb.set_defaults(fn=_submit)
 
@@ -283,8 +366,13 @@ def parser() -> argparse.ArgumentParser:
     ts.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 on a cluster's head node")
     ts.add_argument("--port", type=int, default=5000)
     ts.add_argument("--backend-store-uri", help="runs and registry (default: sqlite:///$PWD/mlflow.db)")
-    ts.add_argument("--artifacts-destination", help="where artifacts go: s3://BUCKET/PREFIX, or a path (default: ./mlartifacts)")
-    ts.add_argument("--allowed-hosts", help="Host headers to accept beyond localhost and private IPs, e.g. mlflow.example.com,HEAD:5000")
+    ts.add_argument(
+        "--artifacts-destination", help="where artifacts go: s3://BUCKET/PREFIX, or a path (default: ./mlartifacts)"
+    )
+    ts.add_argument(
+        "--allowed-hosts",
+        help="Host headers to accept beyond localhost and private IPs, e.g. mlflow.example.com,HEAD:5000",
+    )
     ts.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
     ts.set_defaults(fn=_tracking_server)
     return p

@@ -108,7 +108,9 @@ class MetricsSpec(Section):
     # none; or digits | inception | none | a TorchScript file ([N,C,H,W] in [-1,1] -> [N,F]).
     feature_net: str = "auto"
     feature_name: str | None = Field(None, pattern=r"^[a-z0-9_]+$")  # names a TorchScript net's metrics
-    final_samples: int = Field(10000, ge=16)  # generated samples for the final metrics (train.eval_samples during training)
+    final_samples: int = Field(
+        10000, ge=16
+    )  # generated samples for the final metrics (train.eval_samples during training)
     reference_samples: int = Field(10000, ge=16)  # real images in the cached reference features
 
 
@@ -162,7 +164,11 @@ def _describe(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         valid = _field_names(_section_for(loc))
         near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f"did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else f"valid keys: {', '.join(valid)}"
+        hint = (
+            f"did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?"
+            if near
+            else f"valid keys: {', '.join(valid)}"
+        )
         return f"unknown key '{dotted}': {hint}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":  # our own validators name their keys

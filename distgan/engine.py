@@ -163,7 +163,9 @@ def all_finite(stats: dict[str, torch.Tensor]) -> bool:
 
 
 @torch.no_grad()
-def sample(generator: nn.Module, n: int, latent_dim: int, device: torch.device, seed: int, batch: int = 4096) -> torch.Tensor:
+def sample(
+    generator: nn.Module, n: int, latent_dim: int, device: torch.device, seed: int, batch: int = 4096
+) -> torch.Tensor:
     """n samples from `generator` with latents drawn from a private RNG (leaves global RNG alone)."""
     # All latents drawn at once, so the samples do not depend on `batch` (the CPU normal sampler
     # draws differently for different tensor sizes).

@@ -32,8 +32,15 @@ def single_process_gather(obj) -> list:
 class Evaluator:
     """Built on every rank; `evaluate` is a collective for images (every rank must call it)."""
 
-    def __init__(self, spec: JobSpec, info: DataInfo, device: torch.device, rank: int = 0, world: int = 1,
-                 gather: Callable[[object], list] = single_process_gather):
+    def __init__(
+        self,
+        spec: JobSpec,
+        info: DataInfo,
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        gather: Callable[[object], list] = single_process_gather,
+    ):
         self.spec, self.info, self.device = spec, info, device
         self.rank, self.world, self.gather = rank, world, gather
         self.net: features.FeatureNet | None = None
@@ -87,7 +94,9 @@ class Evaluator:
         share = n // self.world + (self.rank < n % self.world)
         feats, preds = [], []
         for i, start in enumerate(range(0, share, SAMPLE_CHUNK)):
-            x = self._sample(G, min(SAMPLE_CHUNK, share - start), seed + 7919 * (self.rank * 1000 + i + 1)).to(self.device)
+            x = self._sample(G, min(SAMPLE_CHUNK, share - start), seed + 7919 * (self.rank * 1000 + i + 1)).to(
+                self.device
+            )
             feats.append(self.net.features(x))
             if self.net.num_classes:
                 preds.append(self.net.predict(x))
@@ -103,7 +112,15 @@ class Evaluator:
 
 def headline(metrics: dict) -> str:
     """The few numbers a person reads first, e.g. 'modes 25 high_quality 0.88 reverse_kl 0.005'."""
-    keys = ["modes", "high_quality", "reverse_kl", *sorted(k for k in metrics if k.startswith("fd_")), "precision", "recall", "classes_covered"]
+    keys = [
+        "modes",
+        "high_quality",
+        "reverse_kl",
+        *sorted(k for k in metrics if k.startswith("fd_")),
+        "precision",
+        "recall",
+        "classes_covered",
+    ]
     return "  ".join(f"{k} {metrics[k]:.3g}" for k in keys if metrics.get(k) is not None)
 
 
@@ -114,13 +131,21 @@ def _checkpoint_state(path: Path) -> dict:
     if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
         found = sorted(path.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise InputError(f"{path} holds no {CHECKPOINT_FILE} and no checkpoint_*/{CHECKPOINT_FILE}; give a run directory, a checkpoint or a model URI")
+            raise InputError(
+                f"{path} holds no {CHECKPOINT_FILE} and no checkpoint_*/{CHECKPOINT_FILE}; give a run directory, a checkpoint or a model URI"
+            )
         path = found[-1]
     return read_checkpoint(path)
 
 
-def evaluate_generator(source: str, data_arg: str | None = None, n: int | None = None, seed: int = 0,
-                       feature_net: str | None = None, tracking_uri: str | None = None) -> dict:
+def evaluate_generator(
+    source: str,
+    data_arg: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    feature_net: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
     """`distgan eval`: the metrics of one generator (a model URI, a run directory or a checkpoint)
     on its data, or on `data_arg` (a built-in dataset name or a job spec whose data/metrics it takes)."""
     from distgan import config, hub
@@ -135,11 +160,17 @@ def evaluate_generator(source: str, data_arg: str | None = None, n: int | None =
     elif source.startswith(("models:/", "runs:/")):
         generator, meta = hub.load_generator(source, tracking_uri)
         sample_shape = tuple(meta["sample_shape"])
-        spec = JobSpec.model_validate({"model": meta["model"], "data": {"name": meta["dataset"]}} if meta["dataset"] in config.BUILTIN_DATASETS else {"model": meta["model"]})
+        spec = JobSpec.model_validate(
+            {"model": meta["model"], "data": {"name": meta["dataset"]}}
+            if meta["dataset"] in config.BUILTIN_DATASETS
+            else {"model": meta["model"]}
+        )
         if data_arg is None and meta["dataset"] not in config.BUILTIN_DATASETS:
             raise InputError(f"{source} was trained on {meta['dataset']} data: say which with --data JOB.yaml")
     else:
-        raise InputError(f"{source!r} is neither a file/directory nor a model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/generator)")
+        raise InputError(
+            f"{source!r} is neither a file/directory nor a model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/generator)"
+        )
     if data_arg is not None:
         tree = spec.model_dump(mode="json")
         if data_arg in config.BUILTIN_DATASETS:
@@ -152,15 +183,27 @@ def evaluate_generator(source: str, data_arg: str | None = None, n: int | None =
         spec.metrics.feature_net = feature_net
     info = preflight(spec)
     if tuple(info.sample_shape) != sample_shape:
-        raise InputError(f"the generator makes samples of shape {sample_shape}; {spec.data.name} data is {tuple(info.sample_shape)}")
+        raise InputError(
+            f"the generator makes samples of shape {sample_shape}; {spec.data.name} data is {tuple(info.sample_shape)}"
+        )
     n = n or (spec.metrics.final_samples if info.kind == "image" else spec.train.eval_samples)
     evaluator = Evaluator(spec, info, torch.device("cpu"))
     generator.eval()
     if info.kind == "mixture":
         metrics = evaluator.mixture_over_seeds(generator, n, seed)
     elif evaluator.net is None:
-        raise InputError(f"no feature network for {spec.data.name} data: pass --feature-net (digits, inception or a TorchScript file)")
+        raise InputError(
+            f"no feature network for {spec.data.name} data: pass --feature-net (digits, inception or a TorchScript file)"
+        )
     else:
         metrics = evaluator.image_metrics(generator, n, seed)
     net = evaluator.net.name if evaluator.net else None
-    return {"status": "finished", "source": source, "dataset": spec.data.name, "feature_net": net, "n": n, "seed": seed, "metrics": metrics}
+    return {
+        "status": "finished",
+        "source": source,
+        "dataset": spec.data.name,
+        "feature_net": net,
+        "n": n,
+        "seed": seed,
+        "metrics": metrics,
+    }

@@ -43,7 +43,9 @@ def check_uri(uri: str, tracking_uri: str) -> str:
         except MlflowException:
             raise InputError(f"no MLflow run {r['run_id']} at {tracking_uri}") from None
         return uri
-    raise InputError(f"model URI {uri!r} is malformed; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator")
+    raise InputError(
+        f"model URI {uri!r} is malformed; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator"
+    )
 
 
 def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict]:
@@ -98,4 +100,11 @@ def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], track
         flat = samples.reshape(len(samples), -1)
         pq.write_table(pa.table({"sample": list(flat), "shape": [list(samples.shape[1:])] * len(samples)}), path)
         written.append(path)
-    return {"status": "finished", "model_uri": uri, "n": n, "seed": seed, "files": [str(p) for p in written], "sample_shape": list(samples.shape[1:])}
+    return {
+        "status": "finished",
+        "model_uri": uri,
+        "n": n,
+        "seed": seed,
+        "files": [str(p) for p in written],
+        "sample_shape": list(samples.shape[1:]),
+    }

@@ -169,7 +169,9 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record_dir: str | None,
     }
 
 
-def _report(session: Session, eng: engine.Engine, step: int, metrics: dict, checkpoint: bool, rank: int, spec: JobSpec) -> None:
+def _report(
+    session: Session, eng: engine.Engine, step: int, metrics: dict, checkpoint: bool, rank: int, spec: JobSpec
+) -> None:
     if not checkpoint:
         session.report(metrics | {"step": step}, None)
         return
@@ -187,7 +189,9 @@ def read_checkpoint(path: str | Path) -> dict:
     return torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu", weights_only=True)
 
 
-def checkpoint_generator(state: dict, model: ModelSpec, sample_shape: tuple[int, ...], which: str = "ema") -> torch.nn.Module:
+def checkpoint_generator(
+    state: dict, model: ModelSpec, sample_shape: tuple[int, ...], which: str = "ema"
+) -> torch.nn.Module:
     """The EMA (`which="ema"`) or raw generator a checkpoint's state holds."""
     generator, _ = models.build(model, sample_shape)
     generator.load_state_dict(state["engine"]["G_ema" if which == "ema" else "G"])
@@ -196,7 +200,12 @@ def checkpoint_generator(state: dict, model: ModelSpec, sample_shape: tuple[int,
 
 def _progress_line(step: int, total: int, m: dict, elapsed: float, done: int) -> str:
     eta = elapsed / max(done, 1) * (total - step)
-    parts = [f"step {step:>{len(str(total))}}/{total}", f"loss_d {m['loss_d']:.3f}", f"loss_g {m['loss_g']:.3f}", f"{m['img_per_s']:,.0f} img/s"]
+    parts = [
+        f"step {step:>{len(str(total))}}/{total}",
+        f"loss_d {m['loss_d']:.3f}",
+        f"loss_g {m['loss_g']:.3f}",
+        f"{m['img_per_s']:,.0f} img/s",
+    ]
     if "modes" in m:
         parts.append(f"modes {m['modes']:.1f}  hq {m['high_quality']:.1%}  rkl {m['reverse_kl']:.3f}")
     fd = next((k for k in m if k.startswith("fd_")), None)

@@ -20,7 +20,9 @@ def image_grid_png(images: np.ndarray, columns: int | None = None, scale: int = 
         r, k = divmod(i, columns)
         grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img.transpose(1, 2, 0)
     pixels = ((grid.clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
-    im = Image.fromarray(pixels[..., 0] if c == 1 else pixels).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    im = Image.fromarray(pixels[..., 0] if c == 1 else pixels).resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    )
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
@@ -65,8 +67,18 @@ def curves_png(series: dict[str, list[tuple[int, float]]], title: str) -> bytes:
     return _figure_png(fig)
 
 
-STOP_COLORS = {"converged": "tab:green", "completed": "tab:blue", "asha": "tab:gray", "pbt": "tab:gray", "no_progress": "tab:olive",
-               "mode_collapse": "tab:orange", "d_collapse": "tab:purple", "grad_explosion": "tab:red", "diverged_nan": "black", "failed": "black"}
+STOP_COLORS = {
+    "converged": "tab:green",
+    "completed": "tab:blue",
+    "asha": "tab:gray",
+    "pbt": "tab:gray",
+    "no_progress": "tab:olive",
+    "mode_collapse": "tab:orange",
+    "d_collapse": "tab:purple",
+    "grad_explosion": "tab:red",
+    "diverged_nan": "black",
+    "failed": "black",
+}
 
 
 def stability_map_png(trials: list[dict], keys: list[str]) -> bytes:

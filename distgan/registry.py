@@ -42,8 +42,15 @@ def check_name(name: str) -> None:
 
 def generator_meta(model, info, which: str, steps: int) -> dict:
     """What `log_generator` stores beside the weights (ModelSpec, DataInfo): enough to rebuild and sample it."""
-    return {"model": model.model_dump(mode="json"), "sample_shape": list(info.sample_shape), "latent_dim": model.latent_dim,
-            "dataset": info.name, "kind": info.kind, "generator": which, "steps": steps}
+    return {
+        "model": model.model_dump(mode="json"),
+        "sample_shape": list(info.sample_shape),
+        "latent_dim": model.latent_dim,
+        "dataset": info.name,
+        "kind": info.kind,
+        "generator": which,
+        "steps": steps,
+    }
 
 
 def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
@@ -62,15 +69,26 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
         Path(f"{tmp}/generator.json").write_text(json.dumps(meta))
         with torch.no_grad():
             signature = mlflow.models.infer_signature(example.numpy(), generator(example).numpy())
-        with fluent_uri(uri), warnings.catch_warnings(), mlflow.start_run(run_id=run_id):  # the caller sets the final status
+        with (
+            fluent_uri(uri),
+            warnings.catch_warnings(),
+            mlflow.start_run(run_id=run_id),
+        ):  # the caller sets the final status
             warnings.simplefilter("ignore")  # type-hint and input-example nags of models-from-code
             info = mlflow.pyfunc.log_model(
                 name="generator",
                 python_model=str(PYFUNC_FILE),
-                artifacts={k: f"{tmp}/{f}" for k, f in (("program", "program.pt2"), ("weights", "generator.pt"), ("meta", "generator.json"))},
+                artifacts={
+                    k: f"{tmp}/{f}"
+                    for k, f in (("program", "program.pt2"), ("weights", "generator.pt"), ("meta", "generator.json"))
+                },
                 signature=signature,
                 # explicit: inferring requirements costs ~7 s per call
-                pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                pip_requirements=[
+                    f"mlflow=={mlflow.__version__}",
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    "numpy",
+                ],
             )
     return info.model_uri
 
@@ -101,7 +119,10 @@ def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags
     if current is None:
         take = True
     else:
-        theirs = _headline(current.tags.get("distgan.kind", ""), {k.removeprefix("metric."): v for k, v in current.tags.items() if k.startswith("metric.")})
+        theirs = _headline(
+            current.tags.get("distgan.kind", ""),
+            {k.removeprefix("metric."): v for k, v in current.tags.items() if k.startswith("metric.")},
+        )
         take = mine is not None and (theirs is None or (mine[0] == theirs[0] and mine[1] > theirs[1]))
     if take:
         client.set_registered_model_alias(name, ALIAS, mv.version)
@@ -143,8 +164,12 @@ def require_version(client, name: str, version: str | None = None, alias: str | 
     except MlflowException:
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
         if alias:
-            raise InputError(f"model {name!r} has no alias {alias!r}; aliases: {', '.join(sorted(model.aliases)) or 'none'}") from None
-        raise InputError(f"model {name!r} has no version {version}; versions: {', '.join(map(str, versions)) or 'none'}") from None
+            raise InputError(
+                f"model {name!r} has no alias {alias!r}; aliases: {', '.join(sorted(model.aliases)) or 'none'}"
+            ) from None
+        raise InputError(
+            f"model {name!r} has no version {version}; versions: {', '.join(map(str, versions)) or 'none'}"
+        ) from None
 
 
 def list_models(uri: str) -> list[dict]:
@@ -167,7 +192,13 @@ def show_model(uri: str, name: str) -> dict:
         "name": name,
         "description": model.description,
         "versions": [
-            {"version": int(v.version), "aliases": aliases_of.get(str(v.version), []), "run_id": v.run_id, "tags": dict(v.tags), "description": v.description}
+            {
+                "version": int(v.version),
+                "aliases": aliases_of.get(str(v.version), []),
+                "run_id": v.run_id,
+                "tags": dict(v.tags),
+                "description": v.description,
+            }
             for v in versions
         ],
     }
@@ -179,4 +210,3 @@ def promote(uri: str, name: str, version: str) -> dict:
     previous = _champion(client, name)
     client.set_registered_model_alias(name, ALIAS, str(version))
     return {"name": name, "champion": int(version), "previous_champion": int(previous.version) if previous else None}
-

@@ -75,14 +75,18 @@ def _number(value):
 def _candidates(key: str, dist: dict[str, Any], source: str) -> list:
     """The values a distribution can draw that bound what the job spec must accept."""
     if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        raise InputError(f"{source}: search.space.{key}: {dist!r} is not a distribution; use one of {', '.join(DISTRIBUTIONS)} (e.g. {{loguniform: [1.0e-4, 1.0e-3]}})")
-    (kind, args), = dist.items()
+        raise InputError(
+            f"{source}: search.space.{key}: {dist!r} is not a distribution; use one of {', '.join(DISTRIBUTIONS)} (e.g. {{loguniform: [1.0e-4, 1.0e-3]}})"
+        )
+    ((kind, args),) = dist.items()
     if not isinstance(args, list) or not args:
         raise InputError(f"{source}: search.space.{key}.{kind}: needs a list of values, got {args!r}")
     if DISTRIBUTIONS[kind] is not None:
         args = dist[kind] = [_number(a) for a in args]
         if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
-            raise InputError(f"{source}: search.space.{key}.{kind}: needs [low, high] numbers with low < high, got {args!r}")
+            raise InputError(
+                f"{source}: search.space.{key}.{kind}: needs [low, high] numbers with low < high, got {args!r}"
+            )
         if kind == "loguniform" and args[0] <= 0:
             raise InputError(f"{source}: search.space.{key}.loguniform: low must be > 0, got {args[0]}")
         return [args[0], args[1] - 1 if kind == "randint" else args[1]]
@@ -97,7 +101,9 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
     base_name = tree.pop("base", None)
     search_tree = tree.pop("search", None)
     if search_tree is None:
-        raise InputError(f"{source}: no 'search' section; a search spec is a job spec plus search: {{space: ..., trials: ...}}")
+        raise InputError(
+            f"{source}: no 'search' section; a search spec is a job spec plus search: {{space: ..., trials: ...}}"
+        )
     base: dict = {}
     if base_name:
         candidates = [p.parent / base_name, JOBS_DIR / base_name]
@@ -126,9 +132,17 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
         err = e.errors()[0]
         loc = ("search", *err["loc"])
         if err["type"] == "extra_forbidden":
-            valid = list((SearchSpec if len(loc) == 2 else getattr(SearchSpec.model_fields.get(loc[1]), "annotation", SearchSpec)).model_fields)
+            valid = list(
+                (
+                    SearchSpec
+                    if len(loc) == 2
+                    else getattr(SearchSpec.model_fields.get(loc[1]), "annotation", SearchSpec)
+                ).model_fields
+            )
             near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            raise InputError(f"{source}: unknown key '{'.'.join(map(str, loc))}'" + (f": did you mean '{near[0]}'?" if near else "")) from None
+            raise InputError(
+                f"{source}: unknown key '{'.'.join(map(str, loc))}'" + (f": did you mean '{near[0]}'?" if near else "")
+            ) from None
         raise InputError(f"{source}: {_describe({**err, 'loc': loc})}") from None
     _check_space(spec, search, source)
     return spec, search
@@ -139,23 +153,34 @@ def _check_space(spec: JobSpec, search: SearchSpec, source: str) -> None:
 
     keys = flatten(spec)
     if not search.space:
-        raise InputError(f"{source}: search.space is empty; name at least one key, e.g. optim.lr_g: {{loguniform: [1.0e-4, 1.0e-3]}}")
+        raise InputError(
+            f"{source}: search.space is empty; name at least one key, e.g. optim.lr_g: {{loguniform: [1.0e-4, 1.0e-3]}}"
+        )
     tree = spec.model_dump(mode="json")
     for key, dist in search.space.items():
         if key not in keys:
             near = difflib.get_close_matches(key, list(keys), n=1)
-            raise InputError(f"{source}: search.space key '{key}' is not a job-spec key" + (f"; did you mean '{near[0]}'?" if near else ""))
+            raise InputError(
+                f"{source}: search.space key '{key}' is not a job-spec key"
+                + (f"; did you mean '{near[0]}'?" if near else "")
+            )
         for value in _candidates(key, dist, source):
             try:
                 validate_spec(apply_config(tree, {key: value}), "")
             except InputError as e:
-                raise InputError(f"{source}: search.space.{key} can draw {value!r}, which the job spec refuses:{str(e).removeprefix(':')}") from None
+                raise InputError(
+                    f"{source}: search.space.{key} can draw {value!r}, which the job spec refuses:{str(e).removeprefix(':')}"
+                ) from None
     for key in search.pbt.mutate if search.scheduler == "pbt" else []:
         if key not in search.space or next(iter(search.space[key])) not in ("loguniform", "uniform"):
-            raise InputError(f"{source}: search.pbt.mutate key '{key}' must be in search.space with a loguniform/uniform range")
+            raise InputError(
+                f"{source}: search.pbt.mutate key '{key}' must be in search.space with a loguniform/uniform range"
+            )
     if search.scheduler == "asha" and search.asha.grace_period > spec.train.steps:
-        raise InputError(f"{source}: search.asha.grace_period={search.asha.grace_period} is more than train.steps={spec.train.steps}; "
-                         "lower it (ASHA cuts trials only after the grace period)")
+        raise InputError(
+            f"{source}: search.asha.grace_period={search.asha.grace_period} is more than train.steps={spec.train.steps}; "
+            "lower it (ASHA cuts trials only after the grace period)"
+        )
     if search.scheduler == "pbt" and spec.scaling.workers > 1:
         raise InputError(f"{source}: scheduler pbt runs one-worker trials; set scaling.workers=1")
     info = data.inspect(spec.data)
@@ -167,11 +192,15 @@ def _check_space(spec: JobSpec, search: SearchSpec, source: str) -> None:
         reported |= {f"fd_{name}", f"kid_{name}", *IMAGE_METRICS, *(CLASS_METRICS if net == "digits" else ())}
     if search.metric is None:
         if headline is None:
-            raise InputError(f"{source}: {spec.data.name} has no headline quality metric (no feature network); set search.metric "
-                             f"(one of {', '.join(sorted(reported))}) or metrics.feature_net")
+            raise InputError(
+                f"{source}: {spec.data.name} has no headline quality metric (no feature network); set search.metric "
+                f"(one of {', '.join(sorted(reported))}) or metrics.feature_net"
+            )
         search.metric = headline
     elif search.metric not in reported:
-        raise InputError(f"{source}: search.metric '{search.metric}' is not reported for {spec.data.name} data; choose one of {', '.join(sorted(reported))}")
+        raise InputError(
+            f"{source}: search.metric '{search.metric}' is not reported for {spec.data.name} data; choose one of {', '.join(sorted(reported))}"
+        )
     if search.mode is None:
         search.mode = "min" if lower_is_better(search.metric) else "max"
 

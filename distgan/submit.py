@@ -64,7 +64,9 @@ def auth_token() -> tuple[str | None, str]:
     if explicit := os.environ.get("RAY_AUTH_TOKEN_PATH"):
         path = Path(explicit)
         if not (path.is_file() and path.read_text().strip()):  # Ray itself aborts on this
-            raise InputError(f"RAY_AUTH_TOKEN_PATH={explicit} is missing or empty: point it at the cluster's token file")
+            raise InputError(
+                f"RAY_AUTH_TOKEN_PATH={explicit} is missing or empty: point it at the cluster's token file"
+            )
         return path.read_text().strip(), str(path)
     path = Path.home() / ".ray" / "auth_token"
     if path.is_file() and path.read_text().strip():
@@ -111,9 +113,13 @@ def _ray_errors(address: str, token_source: str):
         raise InputError(f"lost the Ray dashboard at {address}: {e}") from None
     except RuntimeError as e:  # Ray's client: an HTTP answer it did not expect
         if "does not exist" in str(e):
-            raise InputError(f"{str(e).split(': ', 1)[-1].rstrip('.')} at {address}; `distgan jobs list` shows the jobs") from None
+            raise InputError(
+                f"{str(e).split(': ', 1)[-1].rstrip('.')} at {address}; `distgan jobs list` shows the jobs"
+            ) from None
         if "Version check returned 404" in str(e):
-            raise InputError(f"{address} answers HTTP but is not a Ray dashboard: give the head node's dashboard address (port 8265)") from None
+            raise InputError(
+                f"{address} answers HTTP but is not a Ray dashboard: give the head node's dashboard address (port 8265)"
+            ) from None
         raise InputError(f"the Ray cluster at {address} answered: {str(e).splitlines()[0]}") from None
 
 
@@ -345,13 +351,33 @@ def _job_doc(job) -> dict:
 # --- the tracking server ----------------------------------------------------------------------
 
 
-def tracking_server_command(host: str, port: int, backend_store_uri: str | None, artifacts_destination: str | None,
-                            allowed_hosts: str | None, workers: int) -> tuple[list[str], dict[str, str]]:
+def tracking_server_command(
+    host: str,
+    port: int,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    allowed_hosts: str | None,
+    workers: int,
+) -> tuple[list[str], dict[str, str]]:
     """`mlflow server` with the lean settings (one worker, no job execution: ~0.5 GB instead of 3 GB)."""
     backend = backend_store_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     artifacts = artifacts_destination or str(Path("mlartifacts").resolve())
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts,
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     if allowed_hosts:
         argv += ["--allowed-hosts", allowed_hosts]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}

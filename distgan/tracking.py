@@ -201,24 +201,32 @@ class _Sender(threading.Thread):
                 try:
                     if client is None:  # first contact: what an earlier attempt of this run already recorded
                         fresh = mlflow_client(self.uri)
-                        self.last_step = max((m.step for m in fresh.get_metric_history(self.run_id, "loss_d")), default=0)
+                        self.last_step = max(
+                            (m.step for m in fresh.get_metric_history(self.run_id, "loss_d")), default=0
+                        )
                         client = fresh
                     self._send(client, *item)
                     break
                 except Exception as e:
                     if down_since is None:
                         down_since = time.monotonic()
-                        self.warn(f"warning: MLflow at {self.uri} unreachable ({type(e).__name__}); training goes on, records are held and sent when it is back")
+                        self.warn(
+                            f"warning: MLflow at {self.uri} unreachable ({type(e).__name__}); training goes on, records are held and sent when it is back"
+                        )
                     time.sleep(2.0)
             if down_since is not None:
-                self.warn(f"MLflow at {self.uri} is back after {time.monotonic() - down_since:.0f}s; sending held records")
+                self.warn(
+                    f"MLflow at {self.uri} is back after {time.monotonic() - down_since:.0f}s; sending held records"
+                )
             self.delivered += 1
 
     def close(self, timeout: float) -> int:
         """Wait for the queue to drain; the number of records still undelivered."""
         self.pending.put(None)
         self.join(timeout)
-        return self.pending.qsize() if self.is_alive() else 0  # held records (the sentinel stands for the one in flight)
+        return (
+            self.pending.qsize() if self.is_alive() else 0
+        )  # held records (the sentinel stands for the one in flight)
 
 
 class RunRecord:

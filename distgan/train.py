@@ -40,7 +40,12 @@ def quiet_worker_logs() -> None:
     LoggingConfig filter misses)."""
     from ray.train.v2._internal.execution import context as train_context
 
-    for name in (train_context.__file__, "ray.train._internal.storage", "ray.train.v2._internal.execution.storage", "ray.tune.trainable.trainable"):
+    for name in (
+        train_context.__file__,
+        "ray.train._internal.storage",
+        "ray.train.v2._internal.execution.storage",
+        "ray.tune.trainable.trainable",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -139,7 +144,9 @@ def _check_cluster(spec: JobSpec, address: str | None) -> None:
         have = int(ray.cluster_resources().get("GPU", 0))
         where = f"the cluster at {address}"
     if want > have:
-        raise InputError(f"scaling.gpu=true with {want} worker(s) needs {want} GPU(s); {where} has {have}. Drop --gpu or use a GPU cluster")
+        raise InputError(
+            f"scaling.gpu=true with {want} worker(s) needs {want} GPU(s); {where} has {have}. Drop --gpu or use a GPU cluster"
+        )
 
 
 def _check_resume(spec: JobSpec, run_dir: Path) -> None:
@@ -224,10 +231,16 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
                 )
         net = features.choose(spec, info)
         if info.kind == "image" and net is None:
-            echo(f"note: no feature network for {spec.data.name} data, so no image metrics (set metrics.feature_net; see README)")
+            echo(
+                f"note: no feature network for {spec.data.name} data, so no image metrics (set metrics.feature_net; see README)"
+            )
         run_id = None
         if uri:
-            tags = {"workers": str(spec.scaling.workers), "device": "cuda" if spec.scaling.gpu else "cpu", "dataset": spec.data.name}
+            tags = {
+                "workers": str(spec.scaling.workers),
+                "device": "cuda" if spec.scaling.gpu else "cpu",
+                "dataset": spec.data.name,
+            }
             if info.kind == "image":
                 tags["feature_net"] = features.network_name(net, spec.metrics.feature_name) if net else "none"
             run_id = tracking_lib.open_run(uri, tracking.experiment, spec, run_dir, tags)
@@ -284,7 +297,9 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
     metrics = {k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()}
     doc = {
         "status": status,
-        "error": None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        "error": None
+        if error is None
+        else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
         "steps": out.get("steps", 0),
         "resumed_from": out.get("resumed_from", 0),
         "metrics": metrics,
@@ -310,19 +325,29 @@ def train(spec: JobSpec, address: str | None = None, echo=print, tracking: Track
             tracking_lib.close_run(uri, run_id, status)
         except Exception as e:  # the server went away at the very end: the training result stands
             doc["tracking_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            echo(f"warning: could not finish MLflow run {run_id} ({doc['tracking_error']}); the generator is in {checkpoint}")
+            echo(
+                f"warning: could not finish MLflow run {run_id} ({doc['tracking_error']}); the generator is in {checkpoint}"
+            )
     return doc
 
 
-def _log_and_register(doc: dict, spec: JobSpec, info: DataInfo, uri: str, run_id: str, checkpoint: str, tracking: Tracking) -> None:
+def _log_and_register(
+    doc: dict, spec: JobSpec, info: DataInfo, uri: str, run_id: str, checkpoint: str, tracking: Tracking
+) -> None:
     """The final generator to MLflow and, when asked, to the registry under the champion rule."""
-    generator = loop.checkpoint_generator(loop.read_checkpoint(checkpoint), spec.model, info.sample_shape, tracking.generator)
+    generator = loop.checkpoint_generator(
+        loop.read_checkpoint(checkpoint), spec.model, info.sample_shape, tracking.generator
+    )
     meta = registry.generator_meta(spec.model, info, tracking.generator, doc["steps"])
     doc["logged_model_uri"] = registry.log_generator(uri, run_id, generator, meta)
     if tracking.register:
         quality = evaluation.headline(doc["metrics"])
         reg = registry.register(
-            uri, doc["logged_model_uri"], tracking.register, info.kind, doc["metrics"],
+            uri,
+            doc["logged_model_uri"],
+            tracking.register,
+            info.kind,
+            doc["metrics"],
             tags={"dataset": spec.data.name, "job": spec.train.name, "run_id": run_id, "generator": tracking.generator},
             description=f"{spec.model.arch} generator ({tracking.generator}) trained on {spec.data.name} for {doc['steps']} steps"
             + (f"; {quality}" if quality else ""),

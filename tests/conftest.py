@@ -88,10 +88,24 @@ class MlflowServer:
         import urllib.request
 
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination",
-               str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root}/mlflow.db",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -132,9 +146,16 @@ def pyfunc_venv() -> Path:
     torch_version = torch.__version__.split("+")[0]
     path = Path(os.environ.get("DISTGAN_TEST_VENV", f"/tmp/distgan-pyfunc-venv-{torch_version}-{mlflow.__version__}"))
     python = path / "bin" / "python"
-    probe = [str(python), "-c", "import mlflow, torch; import importlib.util as u; assert u.find_spec('distgan') is None"]
+    probe = [
+        str(python),
+        "-c",
+        "import mlflow, torch; import importlib.util as u; assert u.find_spec('distgan') is None",
+    ]
     if not (python.exists() and subprocess.run(probe, cwd="/", capture_output=True).returncode == 0):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"],
+            check=True,
+        )
         subprocess.run(probe, cwd="/", check=True)
     return python

@@ -17,7 +17,9 @@ def test_default_job_is_grid25_job_file():
 
 
 def test_overrides_are_typed_and_nested():
-    spec = load_spec(REPO / "jobs" / "ring8.yaml", ["optim.lr_g=3e-4", "model.g_hidden=[64, 32]", "model.spectral_norm=true"])
+    spec = load_spec(
+        REPO / "jobs" / "ring8.yaml", ["optim.lr_g=3e-4", "model.g_hidden=[64, 32]", "model.spectral_norm=true"]
+    )
     assert spec.optim.lr_g == 3e-4 and spec.model.g_hidden == [64, 32] and spec.model.spectral_norm is True
     assert spec.data.name == "ring8"
     assert flatten(spec)["optim.lr_g"] == 3e-4
@@ -53,10 +55,21 @@ def test_bad_spec_values_are_input_errors(overrides, message):
 
 def test_bad_spec_via_cli_exits_2_fast_with_one_line(tmp_path):
     t0 = time.perf_counter()
-    r = run_cli("train", str(REPO / "jobs" / "grid25.yaml"), "--set", "optim.lr_gg=1e-3", "--set", f"train.storage_path={tmp_path}", cwd=tmp_path)
+    r = run_cli(
+        "train",
+        str(REPO / "jobs" / "grid25.yaml"),
+        "--set",
+        "optim.lr_gg=1e-3",
+        "--set",
+        f"train.storage_path={tmp_path}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == "distgan train: error: jobs/grid25.yaml: unknown key 'optim.lr_gg': did you mean 'optim.lr_g'?".replace(
-        "jobs/grid25.yaml", str(REPO / "jobs" / "grid25.yaml")
+    assert (
+        r.stderr.strip()
+        == "distgan train: error: jobs/grid25.yaml: unknown key 'optim.lr_gg': did you mean 'optim.lr_g'?".replace(
+            "jobs/grid25.yaml", str(REPO / "jobs" / "grid25.yaml")
+        )
     )
     assert "Traceback" not in r.stderr
     assert time.perf_counter() - t0 < 30  # no Ray was started

@@ -24,7 +24,9 @@ def test_mixture_batches_follow_the_protocol():
     assert batch.shape == (5000, 2)
     q = mixture_quality(batch.numpy(), mixture_means("grid25"), 0.05)
     # in 2-D, P(|N(0, s^2 I)| <= 3s) = 1 - exp(-9/2) = 0.989: the best any generator can score
-    assert q["modes"] == 25 and q["high_quality"] == pytest.approx(1 - np.exp(-4.5), abs=0.006) and q["reverse_kl"] < 0.01
+    assert (
+        q["modes"] == 25 and q["high_quality"] == pytest.approx(1 - np.exp(-4.5), abs=0.006) and q["reverse_kl"] < 0.01
+    )
 
 
 def test_ranks_draw_different_batches_and_seeds_repeat():
@@ -79,9 +81,13 @@ def test_stacked_digits_reference_is_fixed_and_labeled_by_triple():
 def test_parquet_vectors_and_images_are_described(tmp_path):
     vec = tmp_path / "v.parquet"
     pq.write_table(pa.table({"x": [[0.0, 1.0, 2.0]] * 10}), vec)
-    assert data.inspect(DataSpec(name="parquet", path=str(vec), column="x")) == data.DataInfo("parquet", "vector", (3,), 10)
+    assert data.inspect(DataSpec(name="parquet", path=str(vec), column="x")) == data.DataInfo(
+        "parquet", "vector", (3,), 10
+    )
     img = write_image_parquet(tmp_path / "i.parquet", blob_images(12, 16))
-    assert data.inspect(DataSpec(name="parquet", path=str(img), column="image")) == data.DataInfo("parquet", "image", (1, 16, 16), 12)
+    assert data.inspect(DataSpec(name="parquet", path=str(img), column="image")) == data.DataInfo(
+        "parquet", "image", (1, 16, 16), 12
+    )
 
 
 def _bad(spec: DataSpec, *fragments: str) -> None:
@@ -92,7 +98,9 @@ def _bad(spec: DataSpec, *fragments: str) -> None:
 
 
 def test_bad_parquet_inputs(tmp_path):
-    _bad(DataSpec(name="parquet", path=str(tmp_path / "missing.parquet"), column="x"), "missing.parquet' does not exist")
+    _bad(
+        DataSpec(name="parquet", path=str(tmp_path / "missing.parquet"), column="x"), "missing.parquet' does not exist"
+    )
     (tmp_path / "emptydir").mkdir()
     _bad(DataSpec(name="parquet", path=str(tmp_path / "emptydir"), column="x"), "holds no *.parquet files")
 
@@ -103,7 +111,9 @@ def test_bad_parquet_inputs(tmp_path):
     good = tmp_path / "good.parquet"
     pq.write_table(pa.table({"x": [[0.0, 1.0]] * 4, "y": [1, 2, 3, 4]}), good)
     _bad(DataSpec(name="parquet", path=str(good), column="z"), f"{good}: no column 'z' (columns: x, y)")
-    _bad(DataSpec(name="parquet", path=str(good), column="y"), f"{good}: column 'y' is int64; expected a list of floats")
+    _bad(
+        DataSpec(name="parquet", path=str(good), column="y"), f"{good}: column 'y' is int64; expected a list of floats"
+    )
 
     nan = tmp_path / "nan.parquet"
     pq.write_table(pa.table({"x": [[0.0, 1.0], [0.0, float("nan")], [1.0, 1.0]]}), nan)
@@ -111,7 +121,9 @@ def test_bad_parquet_inputs(tmp_path):
 
     ragged = tmp_path / "ragged.parquet"
     pq.write_table(pa.table({"x": [[0.0, 1.0], [0.0, 1.0, 2.0]]}), ragged)
-    _bad(DataSpec(name="parquet", path=str(ragged), column="x"), f"{ragged}: column 'x' has vectors of different lengths")
+    _bad(
+        DataSpec(name="parquet", path=str(ragged), column="x"), f"{ragged}: column 'x' has vectors of different lengths"
+    )
 
     mixed = tmp_path / "mixed.parquet"
     write_image_parquet(mixed, blob_images(3, 16) + blob_images(1, 8))
@@ -119,7 +131,9 @@ def test_bad_parquet_inputs(tmp_path):
 
     junk = tmp_path / "junk.parquet"
     pq.write_table(pa.table({"image": [b"not an image"]}), junk)
-    _bad(DataSpec(name="parquet", path=str(junk), column="image"), f"{junk}: column 'image' row 0: not a readable image")
+    _bad(
+        DataSpec(name="parquet", path=str(junk), column="image"), f"{junk}: column 'image' row 0: not a readable image"
+    )
 
 
 def test_bad_image_folders(tmp_path):
@@ -138,14 +152,40 @@ def test_bad_image_folders(tmp_path):
 def test_bad_data_via_cli_exits_2(tmp_path):
     nan = tmp_path / "nan.parquet"
     pq.write_table(pa.table({"x": [[float("nan"), 1.0]] * 4}), nan)
-    r = run_cli("train", "--set", "data.name=parquet", "--set", f"data.path={nan}", "--set", "data.column=x", cwd=tmp_path)
+    r = run_cli(
+        "train", "--set", "data.name=parquet", "--set", f"data.path={nan}", "--set", "data.column=x", cwd=tmp_path
+    )
     assert r.returncode == 2 and f"{nan}: column 'x' has NaN/Inf values" in r.stderr
 
     odd = write_image_parquet(tmp_path / "odd.parquet", blob_images(40, 28))
-    r = run_cli("train", "--set", "data.name=parquet", "--set", f"data.path={odd}", "--set", "data.column=image", "--set", "model.arch=dcgan", cwd=tmp_path)
-    assert r.returncode == 2 and "model.arch=dcgan makes square images of 8, 16, 32, 64 px; this data is 28x28" in r.stderr
+    r = run_cli(
+        "train",
+        "--set",
+        "data.name=parquet",
+        "--set",
+        f"data.path={odd}",
+        "--set",
+        "data.column=image",
+        "--set",
+        "model.arch=dcgan",
+        cwd=tmp_path,
+    )
+    assert (
+        r.returncode == 2 and "model.arch=dcgan makes square images of 8, 16, 32, 64 px; this data is 28x28" in r.stderr
+    )
 
     few = write_image_parquet(tmp_path / "few.parquet", blob_images(10, 8))
-    r = run_cli("train", "--set", "data.name=parquet", "--set", f"data.path={few}", "--set", "data.column=image", "--set", "model.arch=dcgan", cwd=tmp_path)
+    r = run_cli(
+        "train",
+        "--set",
+        "data.name=parquet",
+        "--set",
+        f"data.path={few}",
+        "--set",
+        "data.column=image",
+        "--set",
+        "model.arch=dcgan",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "parquet has 10 rows: 10 per worker, fewer than the per-worker batch 512" in r.stderr
     assert not (tmp_path / "distgan_runs").exists()

@@ -12,7 +12,14 @@ from distgan.divergence import StopRules, TrialMonitor
 
 
 def _healthy(i: int) -> dict:
-    return {"loss_d": 1.2, "loss_g": 0.8, "grad_norm_d": 1.0, "grad_norm_g": 1.0, "modes": min(25.0, 10.0 + 3 * i), "mixture_score": min(25.0, 10.0 + 3 * i)}
+    return {
+        "loss_d": 1.2,
+        "loss_g": 0.8,
+        "grad_norm_d": 1.0,
+        "grad_norm_g": 1.0,
+        "modes": min(25.0, 10.0 + 3 * i),
+        "mixture_score": min(25.0, 10.0 + 3 * i),
+    }
 
 
 def _run(stream, **rules) -> list:
@@ -36,7 +43,12 @@ def test_gradient_explosion():
 
 def test_d_collapse_needs_consecutive_evals():
     win = lambda g: _healthy(0) | {"loss_d": 0.01, "loss_g": g}  # noqa: E731
-    assert _run([win(1.0), win(2.0), win(3.0), win(4.0)], d_collapse_evals=3, patience_evals=10) == [None, None, None, "d_collapse"]
+    assert _run([win(1.0), win(2.0), win(3.0), win(4.0)], d_collapse_evals=3, patience_evals=10) == [
+        None,
+        None,
+        None,
+        "d_collapse",
+    ]
     # the streak breaks when G's loss stops rising
     assert _run([win(1.0), win(2.0), win(1.5), win(2.0), win(3.0)], d_collapse_evals=3, patience_evals=10) == [None] * 5
 
@@ -52,18 +64,31 @@ def test_mode_collapse_after_grace():
 def test_no_progress_after_patience():
     flat = [_healthy(0) | {"modes": 12.0, "mixture_score": 12.0}] * 6
     # best set at eval 1; evals 2-4 bring nothing: the third of them ends it
-    assert _run(flat, grace_evals=1, patience_evals=3) == [None, None, None, "no_progress", "no_progress", "no_progress"]
+    assert _run(flat, grace_evals=1, patience_evals=3) == [
+        None,
+        None,
+        None,
+        "no_progress",
+        "no_progress",
+        "no_progress",
+    ]
 
 
 def test_converged_when_all_targets_met():
-    stream = [_healthy(0) | {"modes": 24.0, "high_quality": 0.9}, _healthy(0) | {"modes": 25.0, "high_quality": 0.7}, _healthy(0) | {"modes": 25.0, "high_quality": 0.85}]
+    stream = [
+        _healthy(0) | {"modes": 24.0, "high_quality": 0.9},
+        _healthy(0) | {"modes": 25.0, "high_quality": 0.7},
+        _healthy(0) | {"modes": 25.0, "high_quality": 0.85},
+    ]
     assert _run(stream, converged={"modes": 25, "high_quality": 0.8}, patience_evals=10) == [None, None, "converged"]
 
 
 def test_progress_in_any_part_of_a_composite_score_counts():
     # a mode lost once (25 -> 24) while high_quality keeps rising: the score stalls, the run improves
-    stream = [_healthy(0) | {"modes": m, "high_quality": hq, "mixture_score": m + hq}
-              for m, hq in [(25, 0.05), (24, 0.08), (24, 0.11), (24, 0.14), (24, 0.17), (24, 0.20)]]
+    stream = [
+        _healthy(0) | {"modes": m, "high_quality": hq, "mixture_score": m + hq}
+        for m, hq in [(25, 0.05), (24, 0.08), (24, 0.11), (24, 0.14), (24, 0.17), (24, 0.20)]
+    ]
     composite = TrialMonitor(StopRules(grace_evals=1, patience_evals=3), "mixture_score", "max")
     assert [composite.update(m) for m in stream][-1] == "no_progress"
     parts = TrialMonitor(StopRules(grace_evals=1, patience_evals=3), "mixture_score", "max", ["modes", "high_quality"])
@@ -72,13 +97,22 @@ def test_progress_in_any_part_of_a_composite_score_counts():
 
 def test_a_trial_that_never_spreads_out_is_mode_collapse():
     stuck = [_healthy(0) | {"modes": 1.0, "high_quality": hq, "mixture_score": 1 + hq} for hq in (0.2, 0.4, 0.6, 0.8)]
-    mon = TrialMonitor(StopRules(grace_evals=3, patience_evals=10), "mixture_score", "max", ["modes", "high_quality"], n_modes=25)
+    mon = TrialMonitor(
+        StopRules(grace_evals=3, patience_evals=10), "mixture_score", "max", ["modes", "high_quality"], n_modes=25
+    )
     assert [mon.update(m) for m in stuck] == [None, None, None, "mode_collapse"]
 
 
 def test_lost_classes_of_labeled_images_are_mode_collapse_and_fd_converges_downward():
     def img(covered, fd):
-        return {"loss_d": 1.2, "loss_g": 0.8, "grad_norm_d": 1.0, "grad_norm_g": 1.0, "classes_covered": covered, "fd_digits": fd}
+        return {
+            "loss_d": 1.2,
+            "loss_g": 0.8,
+            "grad_norm_d": 1.0,
+            "grad_norm_g": 1.0,
+            "classes_covered": covered,
+            "fd_digits": fd,
+        }
 
     rules = StopRules(grace_evals=2, patience_evals=10, converged={"fd_digits": 5.0})
     # ten classes found, then only three left: collapse (classes count like modes, 10 of them)

@@ -116,7 +116,10 @@ def _digits_checkpoint(tmp_path, steps: int = 3):
         eng.step([next(stream)])
     ckpt = tmp_path / "run" / "checkpoint_000000"
     ckpt.mkdir(parents=True)
-    torch.save({"engine": eng.state_dict(), "step": steps, "rng": [], "spec": spec.model_dump(mode="json")}, ckpt / CHECKPOINT_FILE)
+    torch.save(
+        {"engine": eng.state_dict(), "step": steps, "rng": [], "spec": spec.model_dump(mode="json")},
+        ckpt / CHECKPOINT_FILE,
+    )
     return ckpt
 
 
@@ -125,8 +128,16 @@ def test_distgan_eval_on_a_checkpoint(tmp_path):
 
     ckpt = _digits_checkpoint(tmp_path)
     out = tmp_path / "eval.json"
-    r = run_cli("eval", str(tmp_path / "run"), "--n", "400", "--json-out", str(out), cwd=tmp_path,
-                env={"DISTGAN_CACHE": str(tmp_path / "cache")})
+    r = run_cli(
+        "eval",
+        str(tmp_path / "run"),
+        "--n",
+        "400",
+        "--json-out",
+        str(out),
+        cwd=tmp_path,
+        env={"DISTGAN_CACHE": str(tmp_path / "cache")},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = read_json(out)
     assert res["dataset"] == "digits" and res["feature_net"] == "digits" and res["n"] == 400

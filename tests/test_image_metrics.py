@@ -50,7 +50,10 @@ def test_fd_of_a_sample_set_with_itself_is_zero():
 def test_fd_grows_with_the_shift():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, 8))
-    fds = [frechet_distance(*feature_stats(x), *feature_stats(rng.normal(size=(3000, 8)) + shift)) for shift in (0.0, 0.5, 1.0)]
+    fds = [
+        frechet_distance(*feature_stats(x), *feature_stats(rng.normal(size=(3000, 8)) + shift))
+        for shift in (0.0, 0.5, 1.0)
+    ]
     assert fds[0] < 0.05 < fds[1] < fds[2]
     assert fds[2] == pytest.approx(8.0, rel=0.1)  # |shift|^2 summed over 8 dims
 
@@ -96,7 +99,10 @@ def test_density_coverage():
 
 def test_class_coverage():
     labels = np.repeat(np.arange(10), 100)
-    assert class_coverage(labels, labels.copy(), 10) == {"classes_covered": 1.0, "class_kl": pytest.approx(0.0, abs=1e-9)}
+    assert class_coverage(labels, labels.copy(), 10) == {
+        "classes_covered": 1.0,
+        "class_kl": pytest.approx(0.0, abs=1e-9),
+    }
     collapsed = class_coverage(labels, np.full(1000, 3), 10)
     assert collapsed["classes_covered"] == 0.1
     assert collapsed["class_kl"] == pytest.approx(np.log(10), rel=1e-3)
@@ -109,6 +115,18 @@ def test_class_coverage():
 
 def test_image_quality_names_its_network():
     rng = np.random.default_rng(5)
-    q = image_quality(rng.normal(size=(500, 8)), rng.normal(size=(500, 8)), "digits", np.zeros(500, int), np.zeros(500, int), 10)
-    assert {"fd_digits", "kid_digits", "kid_digits_se", "precision", "recall", "density", "coverage", "classes_covered", "class_kl"} == set(q)
+    q = image_quality(
+        rng.normal(size=(500, 8)), rng.normal(size=(500, 8)), "digits", np.zeros(500, int), np.zeros(500, int), 10
+    )
+    assert {
+        "fd_digits",
+        "kid_digits",
+        "kid_digits_se",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "classes_covered",
+        "class_kl",
+    } == set(q)
     assert "classes_covered" not in image_quality(rng.normal(size=(500, 8)), rng.normal(size=(500, 8)), "mine")

@@ -67,7 +67,8 @@ def test_g_loss(kind, shape):
 def test_hand_values_spelled_out():
     # A few of the constants above written in full, as a check on the table.
     assert EXPECTED_D["minimax"] == pytest.approx(
-        0.5 * (math.log(2) + math.log(1 + math.exp(-2))) + 0.5 * (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(0.5)))
+        0.5 * (math.log(2) + math.log(1 + math.exp(-2)))
+        + 0.5 * (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(0.5)))
     )
     assert EXPECTED_G["nonsaturating"] == pytest.approx(0.5 * (math.log(1 + math.e) + math.log(1 + math.exp(-0.5))))
 

@@ -53,7 +53,15 @@ def test_mlp_sizes_follow_the_spec_and_images_reshape():
     assert x.shape == (4, 1, 8, 8) and D(x).shape == (4,)
 
 
-@pytest.mark.parametrize("shape, message", [((1, 28, 28), "this data is 28x28"), ((1, 16, 32), "this data is 16x32"), ((5, 16, 16), "5 channels"), ((2,), "needs images")])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 28, 28), "this data is 28x28"),
+        ((1, 16, 32), "this data is 16x32"),
+        ((5, 16, 16), "5 channels"),
+        ((2,), "needs images"),
+    ],
+)
 def test_dcgan_refuses_shapes_it_cannot_make(shape, message):
     assert message in models.check_compatible(ModelSpec(arch="dcgan"), shape)
     assert models.check_compatible(ModelSpec(arch="mlp"), shape) is None

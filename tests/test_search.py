@@ -15,11 +15,20 @@ from conftest import REPO, read_json, run_cli
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("search.space.optim.lr_gg={loguniform: [1.0e-4, 1.0e-3]}", "search.space key 'optim.lr_gg' is not a job-spec key; did you mean 'optim.lr_g'?"),
-        ("search.space.optim.lr_g={normal: [0, 1]}", "search.space.optim.lr_g: {'normal': [0, 1]} is not a distribution"),
+        (
+            "search.space.optim.lr_gg={loguniform: [1.0e-4, 1.0e-3]}",
+            "search.space key 'optim.lr_gg' is not a job-spec key; did you mean 'optim.lr_g'?",
+        ),
+        (
+            "search.space.optim.lr_g={normal: [0, 1]}",
+            "search.space.optim.lr_g: {'normal': [0, 1]} is not a distribution",
+        ),
         ("search.space.optim.lr_g={loguniform: [0, 1.0e-3]}", "search.space.optim.lr_g.loguniform: low must be > 0"),
         ("search.space.optim.lr_g={uniform: [0.1]}", "needs [low, high] numbers with low < high"),
-        ("search.space.optim.lr_g={loguniform: [1.0e-4, 5]}", "search.space.optim.lr_g can draw 5, which the job spec refuses"),
+        (
+            "search.space.optim.lr_g={loguniform: [1.0e-4, 5]}",
+            "search.space.optim.lr_g can draw 5, which the job spec refuses",
+        ),
         ("search.space.loss.type={choice: [hinge, wgan]}", "search.space.loss.type can draw 'wgan'"),
         ("search.metric=fid_digits", "search.metric 'fid_digits' is not reported for grid25 data"),
         ("search.schedular=pbt", "unknown key 'search.schedular': did you mean 'scheduler'?"),
@@ -48,7 +57,9 @@ def test_default_search_spec_is_valid():
 
 
 def test_image_search_ranks_by_the_feature_networks_fd_lower_is_better(tmp_path):
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"base": "digits.yaml", "search": {"space": {"optim.lr_g": {"loguniform": [1.0e-4, 1.0e-3]}}}}))
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump({"base": "digits.yaml", "search": {"space": {"optim.lr_g": {"loguniform": [1.0e-4, 1.0e-3]}}}})
+    )
     _, s = search_config.load_search(tmp_path / "s.yaml")
     assert s.metric == "fd_digits" and s.mode == "min"
     _, s = search_config.load_search(tmp_path / "s.yaml", ["search.metric=classes_covered"])
@@ -61,23 +72,49 @@ def test_image_search_ranks_by_the_feature_networks_fd_lower_is_better(tmp_path)
 
 def _search_spec(tmp_path, space: dict, **search_keys) -> str:
     path = tmp_path / "search.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(REPO / "jobs" / "ring8.yaml"),
-        "train": {"steps": 400, "batch_size": 128, "eval_every": 50, "checkpoint_every": 100, "final_eval_seeds": 2,
-                  "storage_path": str(tmp_path / "runs")},
-        "search": {"space": space, "trials": 1, "max_concurrent": 2, **search_keys},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(REPO / "jobs" / "ring8.yaml"),
+                "train": {
+                    "steps": 400,
+                    "batch_size": 128,
+                    "eval_every": 50,
+                    "checkpoint_every": 100,
+                    "final_eval_seeds": 2,
+                    "storage_path": str(tmp_path / "runs"),
+                },
+                "search": {"space": space, "trials": 1, "max_concurrent": 2, **search_keys},
+            }
+        )
+    )
     return str(path)
 
 
 @pytest.mark.cluster
 def test_diverging_trials_end_early_healthy_run_on_and_best_is_registered(tmp_path, mlflow_server):
     # lr_d = 1 sends D's gradient norm to ~1e7 within 50 steps (lsgan, ring8): grad_explosion
-    path = _search_spec(tmp_path, {"optim.lr_d": {"grid": [5.0e-4, 1.0]}, "loss.type": {"choice": ["lsgan"]}},
-                        scheduler="none", stop={"patience_evals": 100, "grace_evals": 100})
+    path = _search_spec(
+        tmp_path,
+        {"optim.lr_d": {"grid": [5.0e-4, 1.0]}, "loss.type": {"choice": ["lsgan"]}},
+        scheduler="none",
+        stop={"patience_evals": 100, "grace_evals": 100},
+    )
     out = tmp_path / "result.json"
-    r = run_cli("search", path, "--json-out", str(out), "--tracking-uri", mlflow_server.uri,
-                "--experiment", "search-test", "--register", "ring8-search", cwd=tmp_path, timeout=900)
+    r = run_cli(
+        "search",
+        path,
+        "--json-out",
+        str(out),
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--experiment",
+        "search-test",
+        "--register",
+        "ring8-search",
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = read_json(out)
     by_lr = {t["config"]["optim.lr_d"]: t for t in res["trials"]}
@@ -85,22 +122,35 @@ def test_diverging_trials_end_early_healthy_run_on_and_best_is_registered(tmp_pa
     diverged, healthy = by_lr[1.0], by_lr[5.0e-4]
     assert diverged["stop_reason"] == "grad_explosion" and diverged["steps"] == 50
     assert healthy["stop_reason"] == "completed" and healthy["steps"] == 400
-    assert res["best"] == healthy["trial_id"] and res["model_uri"] == "models:/ring8-search/1" and res["champion"] is True
+    assert (
+        res["best"] == healthy["trial_id"] and res["model_uri"] == "models:/ring8-search/1" and res["champion"] is True
+    )
     assert "stop_reason" in r.stdout and "grad_explosion at step 50" in r.stdout
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("search-test")
-    children = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{res['mlflow_run_id']}'")
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{res['mlflow_run_id']}'"
+    )
     assert sorted(c.data.tags["stop_reason"] for c in children) == ["completed", "grad_explosion"]
     assert {a.path for a in client.list_artifacts(res["mlflow_run_id"], "search")} == {
-        "search/trials.csv", "search/trials.parquet", "search/stability_map.png", "search/quality_over_steps.png"}
+        "search/trials.csv",
+        "search/trials.parquet",
+        "search/stability_map.png",
+        "search/quality_over_steps.png",
+    }
 
 
 @pytest.mark.cluster
 def test_pbt_exploits_and_the_mutated_lr_is_in_use(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = _search_spec(tmp_path, {"optim.lr_g": {"loguniform": [1.0e-4, 1.0e-3]}, "optim.lr_d": {"loguniform": [1.0e-4, 1.0e-3]}},
-                        trials=2, scheduler="pbt", early_stop=False,
-                        pbt={"perturbation_interval": 100, "quantile_fraction": 0.5})
+    path = _search_spec(
+        tmp_path,
+        {"optim.lr_g": {"loguniform": [1.0e-4, 1.0e-3]}, "optim.lr_d": {"loguniform": [1.0e-4, 1.0e-3]}},
+        trials=2,
+        scheduler="pbt",
+        early_stop=False,
+        pbt={"perturbation_interval": 100, "quantile_fraction": 0.5},
+    )
     spec, s = search_config.load_search(path, ["train.steps=600"])
     res = search.search(spec, s, echo=lambda line: None, tracking=train.Tracking(enabled=False))
     assert res["status"] == "finished" and len(res["trials"]) == 2
@@ -111,7 +161,9 @@ def test_pbt_exploits_and_the_mutated_lr_is_in_use(tmp_path, monkeypatch):
         first = rows[0]["config"]["optim.lr_g"]
         for row in rows:
             # what the optimizer uses is what the (possibly mutated) config says, never the donor's
-            assert row["lr_g"] == pytest.approx(row["config"]["optim.lr_g"]) and row["lr_d"] == pytest.approx(row["config"]["optim.lr_d"])
+            assert row["lr_g"] == pytest.approx(row["config"]["optim.lr_g"]) and row["lr_d"] == pytest.approx(
+                row["config"]["optim.lr_d"]
+            )
             exploited |= row["config"]["optim.lr_g"] != first
     assert exploited, "PBT never exploited/explored"
 
@@ -119,18 +171,43 @@ def test_pbt_exploits_and_the_mutated_lr_is_in_use(tmp_path, monkeypatch):
 @pytest.mark.cluster
 def test_image_search_reports_fd_and_picks_the_lowest(tmp_path, mlflow_server):
     path = tmp_path / "search.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(REPO / "jobs" / "digits.yaml"),
-        "model": {"base_channels": 8},
-        "train": {"steps": 200, "batch_size": 64, "eval_every": 100, "checkpoint_every": 100, "eval_samples": 300,
-                  "storage_path": str(tmp_path / "runs")},
-        "metrics": {"final_samples": 500},
-        "scaling": {"cpus_per_worker": 1},
-        "search": {"space": {"optim.lr_g": {"grid": [2.0e-4, 1.0e-3]}}, "scheduler": "none", "max_concurrent": 2},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(REPO / "jobs" / "digits.yaml"),
+                "model": {"base_channels": 8},
+                "train": {
+                    "steps": 200,
+                    "batch_size": 64,
+                    "eval_every": 100,
+                    "checkpoint_every": 100,
+                    "eval_samples": 300,
+                    "storage_path": str(tmp_path / "runs"),
+                },
+                "metrics": {"final_samples": 500},
+                "scaling": {"cpus_per_worker": 1},
+                "search": {
+                    "space": {"optim.lr_g": {"grid": [2.0e-4, 1.0e-3]}},
+                    "scheduler": "none",
+                    "max_concurrent": 2,
+                },
+            }
+        )
+    )
     out = tmp_path / "result.json"
-    r = run_cli("search", str(path), "--json-out", str(out), "--tracking-uri", mlflow_server.uri, "--register", "digits-search",
-                cwd=tmp_path, env={"DISTGAN_CACHE": str(tmp_path / "cache")}, timeout=600)
+    r = run_cli(
+        "search",
+        str(path),
+        "--json-out",
+        str(out),
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--register",
+        "digits-search",
+        cwd=tmp_path,
+        env={"DISTGAN_CACHE": str(tmp_path / "cache")},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = read_json(out)
     fds = {t["trial_id"]: t["metrics"]["fd_digits"] for t in res["trials"]}

@@ -22,8 +22,16 @@ import yaml
 from conftest import REPO, free_port, read_json, run_cli
 
 GRID25 = str(REPO / "jobs" / "grid25.yaml")
-SHORT = ["--set", "train.steps=200", "--set", "train.eval_every=100", "--set", "train.checkpoint_every=100",
-         "--set", "train.final_eval_seeds=2"]
+SHORT = [
+    "--set",
+    "train.steps=200",
+    "--set",
+    "train.eval_every=100",
+    "--set",
+    "train.checkpoint_every=100",
+    "--set",
+    "train.final_eval_seeds=2",
+]
 
 
 class LocalRayCluster:
@@ -44,9 +52,28 @@ class LocalRayCluster:
         self._saved_token_path = None
 
     def _ray_start(self, *args: str) -> None:
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path, "DISTGAN_TEST_CLUSTER": self.marker}
-        r = subprocess.run(["ray", "start", *args, "--temp-dir", self.temp_dir, "--node-ip-address", "127.0.0.1",
-                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+        env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.token_path,
+            "DISTGAN_TEST_CLUSTER": self.marker,
+        }
+        r = subprocess.run(
+            [
+                "ray",
+                "start",
+                *args,
+                "--temp-dir",
+                self.temp_dir,
+                "--node-ip-address",
+                "127.0.0.1",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         if r.returncode != 0:
             self.stop()
             raise RuntimeError(f"ray start failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
@@ -55,13 +82,37 @@ class LocalRayCluster:
         """Start both nodes; until `stop`, clients started from this process use the cluster's token."""
         self._saved_token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
         os.environ["RAY_AUTH_TOKEN_PATH"] = self.token_path
-        self._ray_start("--head", "--port", str(self.gcs_port), "--num-cpus", str(self.head_cpus),
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                        "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-                        "--min-worker-port", "47100", "--max-worker-port", "47399")
-        self._ray_start("--address", f"127.0.0.1:{self.gcs_port}", "--num-cpus", str(self.worker_cpus),
-                        "--dashboard-agent-listen-port", str(free_port()),
-                        "--min-worker-port", "47400", "--max-worker-port", "47699")
+        self._ray_start(
+            "--head",
+            "--port",
+            str(self.gcs_port),
+            "--num-cpus",
+            str(self.head_cpus),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--min-worker-port",
+            "47100",
+            "--max-worker-port",
+            "47399",
+        )
+        self._ray_start(
+            "--address",
+            f"127.0.0.1:{self.gcs_port}",
+            "--num-cpus",
+            str(self.worker_cpus),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--min-worker-port",
+            "47400",
+            "--max-worker-port",
+            "47699",
+        )
         return self
 
     def processes(self) -> list[psutil.Process]:
@@ -178,16 +229,39 @@ def test_nothing_listening_is_exit_2_within_seconds(tmp_path):
 
 def test_local_sqlite_store_refused_for_a_remote_cluster(tmp_path):
     # refused before any connection: a remote head cannot see this machine's SQLite file
-    r = run_cli("submit", GRID25, "--address", "http://10.0.0.7:8265", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                cwd=tmp_path, timeout=60)
+    r = run_cli(
+        "submit",
+        GRID25,
+        "--address",
+        "http://10.0.0.7:8265",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert r.returncode == 2 and "is a SQLite file on this machine" in r.stderr
 
 
 def test_tracking_server_serves_with_lean_settings(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "distgan", "tracking-server", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "art")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distgan",
+            "tracking-server",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -199,7 +273,11 @@ def test_tracking_server_serves_with_lean_settings(tmp_path):
                 time.sleep(0.5)
         # exec'd: the server is the process we started, with one worker and job execution off
         me = psutil.Process(proc.pid)
-        assert "mlflow" in " ".join(me.cmdline()) and "--workers" in me.cmdline() and me.cmdline()[me.cmdline().index("--workers") + 1] == "1"
+        assert (
+            "mlflow" in " ".join(me.cmdline())
+            and "--workers" in me.cmdline()
+            and me.cmdline()[me.cmdline().index("--workers") + 1] == "1"
+        )
         assert me.environ()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -220,9 +298,27 @@ def test_submit_follow_trains_tracks_and_registers(cluster, mlflow_server, tmp_p
     out = tmp_path / "submit.json"
     experiment = f"submit-{tmp_path.name}"
     # two workers SPREAD: one on the head (1 CPU), one on the worker node, DDP across the nodes
-    r = _submit(cluster, GRID25, "--follow", "--register", "submit-gan", "--tracking-uri", mlflow_server.uri,
-                "--experiment", experiment, "--workers", "2", "--set", "scaling.placement=SPREAD", *SHORT,
-                "--workdir", str(tmp_path / "job"), "--json-out", str(out), cwd=tmp_path)
+    r = _submit(
+        cluster,
+        GRID25,
+        "--follow",
+        "--register",
+        "submit-gan",
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--experiment",
+        experiment,
+        "--workers",
+        "2",
+        "--set",
+        "scaling.placement=SPREAD",
+        *SHORT,
+        "--workdir",
+        str(tmp_path / "job"),
+        "--json-out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = read_json(out)
     job_id = doc["job_id"]
@@ -249,13 +345,28 @@ def test_submit_follow_trains_tracks_and_registers(cluster, mlflow_server, tmp_p
 
 @pytest.mark.cluster
 def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
-    r = _submit(cluster, GRID25, "--no-tracking", "--set", "train.steps=100000", "--set", "train.eval_every=50",
-                "--workdir", str(tmp_path / "job"), cwd=tmp_path)
+    r = _submit(
+        cluster,
+        GRID25,
+        "--no-tracking",
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "train.eval_every=50",
+        "--workdir",
+        str(tmp_path / "job"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     job_id = r.stdout.strip()
     # `jobs logs --follow` streams the progress lines while the job runs, and ends with it
-    follower = subprocess.Popen([sys.executable, "-m", "distgan", "jobs", "logs", job_id, "--follow", "--address", cluster.address],
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "distgan", "jobs", "logs", job_id, "--follow", "--address", cluster.address],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         seen = []
         for line in follower.stdout:
@@ -265,7 +376,9 @@ def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
         else:
             pytest.fail("".join(seen)[-3000:])
         stopped = _jobs(cluster, "stop", job_id, cwd=tmp_path)
-        assert stopped.returncode == 0 and stopped.stdout.strip() == f"{job_id}: STOPPED", stopped.stdout + stopped.stderr
+        assert stopped.returncode == 0 and stopped.stdout.strip() == f"{job_id}: STOPPED", (
+            stopped.stdout + stopped.stderr
+        )
         follower.stdout.read()
         assert follower.wait(60) == 1  # following a job that did not succeed exits 1
     finally:
@@ -279,10 +392,32 @@ def test_jobs_stop_stops_a_running_job(cluster, tmp_path):
 def test_search_spec_runs_as_a_search_job(cluster, tmp_path):
     out = tmp_path / "search.json"
     # --ship-code: this checkout's package travels with the job (py_modules) and is what runs there
-    r = _submit(cluster, str(REPO / "jobs" / "search-grid25.yaml"), "--follow", "--no-tracking", "--ship-code",
-                "--set", "search.trials=2", "--set", "search.max_concurrent=1", "--set", "search.asha.grace_period=50", "--set", "train.steps=100",
-                "--set", "train.eval_every=50", "--set", "train.checkpoint_every=50", "--set", "train.final_eval_seeds=1",
-                "--workdir", str(tmp_path / "job"), "--json-out", str(out), cwd=tmp_path)
+    r = _submit(
+        cluster,
+        str(REPO / "jobs" / "search-grid25.yaml"),
+        "--follow",
+        "--no-tracking",
+        "--ship-code",
+        "--set",
+        "search.trials=2",
+        "--set",
+        "search.max_concurrent=1",
+        "--set",
+        "search.asha.grace_period=50",
+        "--set",
+        "train.steps=100",
+        "--set",
+        "train.eval_every=50",
+        "--set",
+        "train.checkpoint_every=50",
+        "--set",
+        "train.final_eval_seeds=1",
+        "--workdir",
+        str(tmp_path / "job"),
+        "--json-out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = read_json(out)
     assert doc["job_status"] == "SUCCEEDED" and doc["status"] == "finished"
@@ -311,7 +446,11 @@ def test_missing_or_wrong_token_is_a_clear_exit_2(cluster, tmp_path):
     # no token anywhere this client looks (HOME without ~/.ray/auth_token, no RAY_AUTH_TOKEN)
     env = {"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_MODE": ""}
     r = _jobs(cluster, "list", cwd=tmp_path, env=env)
-    assert r.returncode == 2 and "requires an auth token and none was found" in r.stderr and "ray get-auth-token" in r.stderr
+    assert (
+        r.returncode == 2
+        and "requires an auth token and none was found" in r.stderr
+        and "ray get-auth-token" in r.stderr
+    )
     r = _jobs(cluster, "list", cwd=tmp_path, env={**env, "RAY_AUTH_MODE": "token"})
     assert r.returncode == 2 and "RAY_AUTH_MODE=token but no Ray auth token" in r.stderr
     r = _jobs(cluster, "list", cwd=tmp_path, env={"RAY_AUTH_TOKEN": "not-the-token"})

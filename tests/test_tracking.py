@@ -33,7 +33,9 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
 def test_server_down_at_start_is_exit_2_within_seconds(tmp_path):
     port = free_port()  # nothing listens there
     t0 = time.perf_counter()
-    r = run_cli("train", "--tracking-uri", f"http://127.0.0.1:{port}", "--set", f"train.storage_path={tmp_path}", cwd=tmp_path)
+    r = run_cli(
+        "train", "--tracking-uri", f"http://127.0.0.1:{port}", "--set", f"train.storage_path={tmp_path}", cwd=tmp_path
+    )
     took = time.perf_counter() - t0
     assert r.returncode == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} is not reachable (ConnectionError)" in r.stderr
@@ -42,11 +44,19 @@ def test_server_down_at_start_is_exit_2_within_seconds(tmp_path):
 
 
 def _tiny_generator_run(uri: str, client: MlflowClient) -> tuple[str, str]:
-    exp = client.get_experiment_by_name("registry-test") or client.get_experiment(client.create_experiment("registry-test"))
+    exp = client.get_experiment_by_name("registry-test") or client.get_experiment(
+        client.create_experiment("registry-test")
+    )
     run_id = client.create_run(exp.experiment_id).info.run_id
     spec = ModelSpec(latent_dim=2, g_hidden=[8])
     G, _ = models.build(spec, (2,))
-    meta = {"model": spec.model_dump(mode="json"), "sample_shape": [2], "latent_dim": 2, "dataset": "grid25", "kind": "mixture"}
+    meta = {
+        "model": spec.model_dump(mode="json"),
+        "sample_shape": [2],
+        "latent_dim": 2,
+        "dataset": "grid25",
+        "kind": "mixture",
+    }
     return run_id, registry.log_generator(uri, run_id, G, meta)
 
 
@@ -56,8 +66,15 @@ def test_champion_rule_and_promote(mlflow_server, tmp_path):
 
     def new_version(modes, hq):
         run_id, model_uri = _tiny_generator_run(uri, client)
-        return registry.register(uri, model_uri, name, "mixture", {"modes": modes, "high_quality": hq, "reverse_kl": 0.1},
-                                 tags={"dataset": "grid25"}, description="test")
+        return registry.register(
+            uri,
+            model_uri,
+            name,
+            "mixture",
+            {"modes": modes, "high_quality": hq, "reverse_kl": 0.1},
+            tags={"dataset": "grid25"},
+            description="test",
+        )
 
     first = new_version(20.0, 0.5)
     assert first["version"] == 1 and first["champion"] is True
@@ -78,7 +95,6 @@ def test_champion_rule_and_promote(mlflow_server, tmp_path):
     assert r.returncode == 0 and "champ-test" in r.stdout and "@champion=v2" in r.stdout
 
 
-
 def test_image_champion_is_the_lower_fd_of_the_same_network(mlflow_server):
     uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
     name = "image-champ"
@@ -94,7 +110,12 @@ def test_image_champion_is_the_lower_fd_of_the_same_network(mlflow_server):
     better = new_version({"fd_digits": 12.5, "classes_covered": 1.0})
     assert better["champion"] is True and better["previous_champion"] == 1
     tags = client.get_model_version(name, str(better["version"])).tags
-    assert tags["metric.fd_digits"] == "12.5" and tags["metric.classes_covered"] == "1.0" and tags["distgan.kind"] == "image"
+    assert (
+        tags["metric.fd_digits"] == "12.5"
+        and tags["metric.classes_covered"] == "1.0"
+        and tags["distgan.kind"] == "image"
+    )
+
 
 def test_unknown_models_and_malformed_uris_exit_2(mlflow_server, tmp_path):
     uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
@@ -126,9 +147,29 @@ def test_server_stopped_and_restarted_mid_run_loses_nothing(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     try:
         out = tmp_path / "result.json"
-        cmd = [sys.executable, "-m", "distgan", "train", str(REPO / "jobs" / "ring8.yaml"), "--tracking-uri", server.uri,
-               "--json-out", str(out), "--name", "outage", "--set", "train.steps=2000", "--set", "train.eval_every=50",
-               "--set", "train.checkpoint_every=500", "--set", "train.batch_size=256", "--set", f"train.storage_path={tmp_path}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "distgan",
+            "train",
+            str(REPO / "jobs" / "ring8.yaml"),
+            "--tracking-uri",
+            server.uri,
+            "--json-out",
+            str(out),
+            "--name",
+            "outage",
+            "--set",
+            "train.steps=2000",
+            "--set",
+            "train.eval_every=50",
+            "--set",
+            "train.checkpoint_every=500",
+            "--set",
+            "train.batch_size=256",
+            "--set",
+            f"train.storage_path={tmp_path}",
+        ]
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = MlflowClient(server.uri)
         deadline = time.monotonic() + 300
@@ -177,9 +218,23 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     from distgan import hub
 
     out = tmp_path / "result.json"
-    r = run_cli("train", str(REPO / "jobs" / "ring8.yaml"), "--tracking-uri", mlflow_server.uri, "--register", "ring8-pull",
-                "--json-out", str(out), "--set", "train.steps=200", "--set", "train.eval_every=100",
-                "--set", f"train.storage_path={tmp_path}", cwd=tmp_path)
+    r = run_cli(
+        "train",
+        str(REPO / "jobs" / "ring8.yaml"),
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--register",
+        "ring8-pull",
+        "--json-out",
+        str(out),
+        "--set",
+        "train.steps=200",
+        "--set",
+        "train.eval_every=100",
+        "--set",
+        f"train.storage_path={tmp_path}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
     assert res["model_uri"] == "models:/ring8-pull/1" and res["champion"] is True
@@ -187,15 +242,34 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
 
     # distgan pull in a fresh process, by alias
     pulled = tmp_path / "pulled"
-    r = run_cli("pull", "models:/ring8-pull@champion", "--n", "300", "--seed", "5", "--out", str(pulled),
-                "--format", "png", "--format", "npy", "--format", "parquet", "--tracking-uri", mlflow_server.uri, cwd=tmp_path)
+    r = run_cli(
+        "pull",
+        "models:/ring8-pull@champion",
+        "--n",
+        "300",
+        "--seed",
+        "5",
+        "--out",
+        str(pulled),
+        "--format",
+        "png",
+        "--format",
+        "npy",
+        "--format",
+        "parquet",
+        "--tracking-uri",
+        mlflow_server.uri,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     samples = np.load(pulled / "samples.npy")
     assert samples.shape == (300, 2) and np.isfinite(samples).all()
     import pyarrow.parquet as pq
 
     table = pq.read_table(pulled / "samples.parquet")
-    assert table.num_rows == 300 and np.allclose(np.stack(table.column("sample").to_numpy(zero_copy_only=False)), samples)
+    assert table.num_rows == 300 and np.allclose(
+        np.stack(table.column("sample").to_numpy(zero_copy_only=False)), samples
+    )
     assert (pulled / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
     # distgan eval of the registered model and of the run's checkpoint: the same generator, the same numbers
@@ -217,9 +291,14 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     z = np.random.default_rng(0).standard_normal((37, meta["latent_dim"])).astype(np.float32)
     np.save(tmp_path / "z.npy", z)
     (tmp_path / "check.py").write_text(PYFUNC_CHECK)
-    p = subprocess.run([str(pyfunc_venv), str(tmp_path / "check.py"), "models:/ring8-pull@champion", str(tmp_path / "z.npy")],
-                       cwd="/", capture_output=True, text=True, timeout=300,
-                       env={"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"})
+    p = subprocess.run(
+        [str(pyfunc_venv), str(tmp_path / "check.py"), "models:/ring8-pull@champion", str(tmp_path / "z.npy")],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"},
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     preds = json.loads(p.stdout.strip().splitlines()[-1])
     expected = G(torch.from_numpy(z)).detach().numpy()

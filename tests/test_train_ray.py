@@ -23,12 +23,24 @@ def _metric_steps(run_dir) -> list[int]:
 
 def test_grid25_two_workers_converges_with_ranks_in_sync(tmp_path):
     out = tmp_path / "result.json"
-    r = run_cli("train", str(REPO / "jobs" / "grid25.yaml"), "--workers", "2", "--json-out", str(out), "--set", f"train.storage_path={tmp_path}", cwd=tmp_path)
+    r = run_cli(
+        "train",
+        str(REPO / "jobs" / "grid25.yaml"),
+        "--workers",
+        "2",
+        "--json-out",
+        str(out),
+        "--set",
+        f"train.storage_path={tmp_path}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
     assert res["status"] == "finished" and res["steps"] == 5000 and res["workers"] == 2
     m = res["metrics"]
-    print(f"grid25 2 workers: {res['wall_s']}s, modes {m['modes']}±{m['modes_se']}, hq {m['high_quality']:.3f}, rkl {m['reverse_kl']:.3f}")
+    print(
+        f"grid25 2 workers: {res['wall_s']}s, modes {m['modes']}±{m['modes_se']}, hq {m['high_quality']:.3f}, rkl {m['reverse_kl']:.3f}"
+    )
     assert m["modes"] >= 24 and m["high_quality"] >= 0.8
     # DDP really synchronizes: both ranks hold bitwise-equal G and D after 5,000 steps
     digests = res["param_digests"]
@@ -46,14 +58,37 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path, mlflo
 
     marker = tmp_path / "killed"
     experiment = f"ft-{tmp_path.name}"
-    args = ["train", "--workers", "2", "--name", "ft", "--set", f"train.storage_path={tmp_path}",
-            "--tracking-uri", mlflow_server.uri, "--experiment", experiment, "--register", "ft-gan",
-            "--set", "train.eval_every=25", "--set", "train.checkpoint_every=100"]
+    args = [
+        "train",
+        "--workers",
+        "2",
+        "--name",
+        "ft",
+        "--set",
+        f"train.storage_path={tmp_path}",
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--experiment",
+        experiment,
+        "--register",
+        "ft-gan",
+        "--set",
+        "train.eval_every=25",
+        "--set",
+        "train.checkpoint_every=100",
+    ]
     out = tmp_path / "a.json"
     # Killed at 175: Ray's controller has collected the step-100 checkpoint by then (a worker's
     # report waits until the previous one is collected, and reports at 125 and 150 came after it).
-    r = run_cli(*args, "--set", "train.steps=300", "--json-out", str(out), cwd=tmp_path,
-                env={"DISTGAN_FAULT_KILL_AT": "175:1", "DISTGAN_FAULT_MARKER": str(marker)})
+    r = run_cli(
+        *args,
+        "--set",
+        "train.steps=300",
+        "--json-out",
+        str(out),
+        cwd=tmp_path,
+        env={"DISTGAN_FAULT_KILL_AT": "175:1", "DISTGAN_FAULT_MARKER": str(marker)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
     assert marker.exists()  # rank 1 really was SIGKILLed at step 175
@@ -74,7 +109,10 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path, mlflo
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(25, 301, 25)), key
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert {f"samples/samples_{s:07d}.png" for s in range(25, 301, 25)} <= samples
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "curves")} == {"curves/losses.png", "curves/quality.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "curves")} == {
+        "curves/losses.png",
+        "curves/quality.png",
+    }
     assert res["model_uri"] == "models:/ft-gan/1" and res["logged_model_uri"]
 
     # the same run name again, with more steps: it continues from step 300
@@ -100,10 +138,18 @@ def test_two_workers_spread_over_two_nodes(tmp_path, mlflow_server, monkeypatch)
         cluster.add_node(num_cpus=1)
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        spec = config.load_spec(REPO / "jobs" / "ring8.yaml", [
-            "scaling.workers=2", "scaling.placement=SPREAD", "train.steps=40", "train.eval_every=20",
-            "train.checkpoint_every=20", f"train.storage_path={tmp_path}", "train.name=spread",
-        ])
+        spec = config.load_spec(
+            REPO / "jobs" / "ring8.yaml",
+            [
+                "scaling.workers=2",
+                "scaling.placement=SPREAD",
+                "train.steps=40",
+                "train.eval_every=20",
+                "train.checkpoint_every=20",
+                f"train.storage_path={tmp_path}",
+                "train.name=spread",
+            ],
+        )
         monkeypatch.chdir(tmp_path)
         # in-process MLflow calls of earlier tests (mlflow.set_tracking_uri) leave this set
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -126,17 +172,47 @@ def test_dcgan_trains_on_parquet_images_through_ray_data(tmp_path):
     data = write_image_parquet(tmp_path / "blobs.parquet", blob_images(96, 16))
     # A user's feature network (a torch.export program): image metrics from both workers' samples, gathered on rank 0.
     net = tmp_path / "blobnet.pt2"
-    program = torch.export.export(torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten()), (torch.zeros(4, 1, 16, 16),),
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    program = torch.export.export(
+        torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten()),
+        (torch.zeros(4, 1, 16, 16),),
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+    )
     torch.export.save(program, str(net))
     out = tmp_path / "result.json"
     r = run_cli(
-        "train", str(REPO / "jobs" / "parquet-images.yaml"), "--workers", "2", "--json-out", str(out),
-        "--set", f"data.path={data}", "--set", "model.base_channels=16", "--set", "model.latent_dim=16",
-        "--set", "train.batch_size=16", "--set", "train.steps=30", "--set", "train.eval_every=15",
-        "--set", "train.checkpoint_every=15", "--set", f"train.storage_path={tmp_path}", "--name", "pq",
-        "--set", f"metrics.feature_net={net}", "--set", "train.eval_samples=101", "--set", "metrics.final_samples=301",
-        "--no-tracking", cwd=tmp_path, env={"DISTGAN_CACHE": str(tmp_path / "cache")},
+        "train",
+        str(REPO / "jobs" / "parquet-images.yaml"),
+        "--workers",
+        "2",
+        "--json-out",
+        str(out),
+        "--set",
+        f"data.path={data}",
+        "--set",
+        "model.base_channels=16",
+        "--set",
+        "model.latent_dim=16",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.steps=30",
+        "--set",
+        "train.eval_every=15",
+        "--set",
+        "train.checkpoint_every=15",
+        "--set",
+        f"train.storage_path={tmp_path}",
+        "--name",
+        "pq",
+        "--set",
+        f"metrics.feature_net={net}",
+        "--set",
+        "train.eval_samples=101",
+        "--set",
+        "metrics.final_samples=301",
+        "--no-tracking",
+        cwd=tmp_path,
+        env={"DISTGAN_CACHE": str(tmp_path / "cache")},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
@@ -154,10 +230,27 @@ def test_dcgan_trains_on_parquet_images_through_ray_data(tmp_path):
 def test_diverging_run_stops_with_status_diverged(tmp_path):
     out = tmp_path / "result.json"
     r = run_cli(
-        "train", str(REPO / "jobs" / "ring8.yaml"), "--json-out", str(out), "--name", "nan",
-        "--set", "loss.type=lsgan", "--set", "optim.lr_g=1", "--set", "optim.lr_d=1",
-        "--set", "train.steps=200", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=100",
-        "--set", f"train.storage_path={tmp_path}", cwd=tmp_path,
+        "train",
+        str(REPO / "jobs" / "ring8.yaml"),
+        "--json-out",
+        str(out),
+        "--name",
+        "nan",
+        "--set",
+        "loss.type=lsgan",
+        "--set",
+        "optim.lr_g=1",
+        "--set",
+        "optim.lr_d=1",
+        "--set",
+        "train.steps=200",
+        "--set",
+        "train.eval_every=10",
+        "--set",
+        "train.checkpoint_every=100",
+        "--set",
+        f"train.storage_path={tmp_path}",
+        cwd=tmp_path,
     )
     assert r.returncode == 1
     res = read_json(out)

@@ -61,7 +61,9 @@ def ray_dataset(spec: DataSpec, info: DataInfo):
     return None
 
 
-def batches(spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None) -> Iterator[torch.Tensor]:
+def batches(
+    spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None
+) -> Iterator[torch.Tensor]:
     """Endless batches of real samples for one worker (`shard`: its Ray Data shard, for user data)."""
     stream_seed = seed * 1_000_003 + rank
     if info.kind == "mixture":
@@ -79,7 +81,10 @@ def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     while True:
         yielded = False
         for batch in shard.iter_torch_batches(
-            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch
+            batch_size=batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_seed=seed + epoch,
         ):
             yielded = True
             yield batch["x"]

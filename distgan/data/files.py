@@ -61,12 +61,16 @@ def inspect_parquet(path: str, column: str) -> tuple[str, tuple[int, ...], int]:
         if column not in schema.names:
             raise InputError(f"{f}: no column {column!r} (columns: {', '.join(schema.names)}); set data.column")
         col_type = schema.field(column).type
-        if (pa.types.is_list(col_type) or pa.types.is_fixed_size_list(col_type) or pa.types.is_large_list(col_type)) and pa.types.is_floating(col_type.value_type):
+        if (
+            pa.types.is_list(col_type) or pa.types.is_fixed_size_list(col_type) or pa.types.is_large_list(col_type)
+        ) and pa.types.is_floating(col_type.value_type):
             this = "vector"
         elif pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type):
             this = "image"
         else:
-            raise InputError(f"{f}: column {column!r} is {col_type}; expected a list of floats (vectors) or binary (encoded images)")
+            raise InputError(
+                f"{f}: column {column!r} is {col_type}; expected a list of floats (vectors) or binary (encoded images)"
+            )
         if kind and this != kind:
             raise InputError(f"{f}: column {column!r} holds {this}s but earlier files hold {kind}s")
         kind = this
@@ -78,7 +82,9 @@ def inspect_parquet(path: str, column: str) -> tuple[str, tuple[int, ...], int]:
             lengths = pc.list_value_length(values)
             lo, hi = pc.min(lengths).as_py(), pc.max(lengths).as_py()
             if lo is not None and (lo != hi or (vector_len is not None and lo != vector_len)):
-                raise InputError(f"{f}: column {column!r} has vectors of different lengths ({lo} to {hi}, earlier {vector_len}); all must match")
+                raise InputError(
+                    f"{f}: column {column!r} has vectors of different lengths ({lo} to {hi}, earlier {vector_len}); all must match"
+                )
             vector_len = lo if lo is not None else vector_len
             flat = pc.list_flatten(values)
             bad = pc.invert(pc.is_finite(flat))

@@ -8,4 +8,6 @@ CLASS_METRICS = ("classes_covered", "class_kl")  # labeled images, when the feat
 
 def is_quality(key: str) -> bool:
     """A quality metric (not a loss, a rate or a standard error)."""
-    return key in MIXTURE_METRICS + IMAGE_METRICS + CLASS_METRICS or (key.startswith(("fd_", "kid_")) and not key.endswith("_se"))
+    return key in MIXTURE_METRICS + IMAGE_METRICS + CLASS_METRICS or (
+        key.startswith(("fd_", "kid_")) and not key.endswith("_se")
+    )

@@ -23,7 +23,9 @@ import torch
 from distgan.errors import InputError
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # the file name pytorch-fid caches
-INCEPTION_FETCH = 'pip install pytorch-fid && python -c "from pytorch_fid.inception import fid_inception_v3; fid_inception_v3()"'
+INCEPTION_FETCH = (
+    'pip install pytorch-fid && python -c "from pytorch_fid.inception import fid_inception_v3; fid_inception_v3()"'
+)
 
 
 @dataclass
@@ -36,12 +38,16 @@ class FeatureNet:
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch: int = 500) -> np.ndarray:
         """[N, C, H, W] in [-1, 1] -> [N, F] float32."""
-        return np.concatenate([self._features(images[i : i + batch]).float().cpu().numpy() for i in range(0, len(images), batch)])
+        return np.concatenate(
+            [self._features(images[i : i + batch]).float().cpu().numpy() for i in range(0, len(images), batch)]
+        )
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch: int = 500) -> np.ndarray:
         """Predicted class of each image (nets with a classifier head only)."""
-        return np.concatenate([self.net(images[i : i + batch]).argmax(1).cpu().numpy() for i in range(0, len(images), batch)])
+        return np.concatenate(
+            [self.net(images[i : i + batch]).argmax(1).cpu().numpy() for i in range(0, len(images), batch)]
+        )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.name == "digits":
@@ -83,16 +89,22 @@ def network_name(choice: str, feature_name: str | None = None) -> str:
 def check(choice: str, sample_shape: tuple[int, ...], feature_name: str | None = None) -> None:
     """InputError when the network cannot take this data or is not available; run on the driver."""
     if choice == "digits" and tuple(sample_shape) != (1, 8, 8):
-        raise InputError(f"metrics.feature_net=digits takes 1x8x8 images; this data is {'x'.join(map(str, sample_shape))}: "
-                         "use inception, a TorchScript file, or none")
+        raise InputError(
+            f"metrics.feature_net=digits takes 1x8x8 images; this data is {'x'.join(map(str, sample_shape))}: "
+            "use inception, a TorchScript file, or none"
+        )
     if choice == "inception":
         _check_inception()
     if choice not in ("digits", "inception"):
         path = Path(choice)
         if not path.is_file():
-            raise InputError(f"metrics.feature_net={choice!r}: not digits, inception, none or auto, and no such TorchScript file")
+            raise InputError(
+                f"metrics.feature_net={choice!r}: not digits, inception, none or auto, and no such TorchScript file"
+            )
         if feature_name is None and not re.fullmatch(r"[a-z0-9_]+", path.stem.lower()):
-            raise InputError(f"metrics.feature_net={choice!r}: set metrics.feature_name (letters, digits, _) to name its metrics")
+            raise InputError(
+                f"metrics.feature_net={choice!r}: set metrics.feature_name (letters, digits, _) to name its metrics"
+            )
 
 
 def inception_cached() -> bool:
@@ -105,8 +117,10 @@ def _check_inception() -> None:
     except ImportError:
         raise InputError("metrics.feature_net=inception needs pytorch-fid: pip install 'distgan[fid]'") from None
     if not inception_cached():
-        raise InputError(f"the FID Inception weights are not in the torch cache ({Path(torch.hub.get_dir()) / 'checkpoints'}); "
-                         f"fetch them once with: {INCEPTION_FETCH}")
+        raise InputError(
+            f"the FID Inception weights are not in the torch cache ({Path(torch.hub.get_dir()) / 'checkpoints'}); "
+            f"fetch them once with: {INCEPTION_FETCH}"
+        )
 
 
 def load(choice: str, device: torch.device | str = "cpu", feature_name: str | None = None) -> FeatureNet:

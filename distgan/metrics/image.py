@@ -31,7 +31,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
 
 
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased MMD^2 estimate with the
     cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
     Returns (mean, standard error over subsets)."""
@@ -83,7 +85,9 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str
     return {"density": float(inside.sum() / (k * len(fake))), "coverage": float(inside.any(dim=0).float().mean())}
 
 
-def class_coverage(real_labels: np.ndarray, fake_predictions: np.ndarray, num_classes: int, min_share: float = 0.2) -> dict[str, float]:
+def class_coverage(
+    real_labels: np.ndarray, fake_predictions: np.ndarray, num_classes: int, min_share: float = 0.2
+) -> dict[str, float]:
     """classes_covered: share of classes whose generated frequency reaches `min_share` of their
     frequency in the data (2% of samples for ten balanced classes), so that a handful of stray
     samples, or the feature net's own errors (0.5% on real digits), does not count a class.
@@ -96,8 +100,14 @@ def class_coverage(real_labels: np.ndarray, fake_predictions: np.ndarray, num_cl
     return {"classes_covered": float(covered.sum() / (p_data > 0).sum()), "class_kl": float((p * np.log(p / q)).sum())}
 
 
-def image_quality(real: np.ndarray, fake: np.ndarray, net_name: str, real_labels: np.ndarray | None = None,
-                  fake_predictions: np.ndarray | None = None, num_classes: int | None = None) -> dict[str, float]:
+def image_quality(
+    real: np.ndarray,
+    fake: np.ndarray,
+    net_name: str,
+    real_labels: np.ndarray | None = None,
+    fake_predictions: np.ndarray | None = None,
+    num_classes: int | None = None,
+) -> dict[str, float]:
     """Every image metric, named after its feature network: fd_<net>, kid_<net> (+ _se),
     precision, recall, density, coverage, and classes_covered/class_kl where classes are known."""
     fd = frechet_distance(*feature_stats(real), *feature_stats(fake))

@@ -37,7 +37,9 @@ def fingerprint(images: np.ndarray, net: FeatureNet) -> str:
     return h.hexdigest()[:24]
 
 
-def reference(images: np.ndarray, labels: np.ndarray | None, net: FeatureNet, device: torch.device | str = "cpu") -> Reference:
+def reference(
+    images: np.ndarray, labels: np.ndarray | None, net: FeatureNet, device: torch.device | str = "cpu"
+) -> Reference:
     """Features of `images` under `net`, from the cache when this exact pair was seen before."""
     key = fingerprint(images, net)
     path = cache_dir() / f"{net.name}-{key}.npz"
