@@ -11,6 +11,7 @@ from conftest import blob_images, run_cli, write_image_parquet
 from PIL import Image
 
 from distgan import data
+from distgan.data import builtin
 from distgan.errors import InputError
 from distgan.metrics.mixture import mixture_means, mixture_quality
 from distgan.spec.job import DataSpec
@@ -44,6 +45,36 @@ def test_digits_are_real_8x8_in_unit_range_and_sharded():
     assert batch.shape == (64, 1, 8, 8)
     assert batch.min() >= -1 and batch.max() <= 1 and batch.max() == 1  # 16/8 - 1
     assert 0.2 < (batch > 0).float().mean() < 0.6  # real strokes, not noise
+
+
+def test_stacked_digits_are_three_independent_real_digits():
+    spec = DataSpec(name="stacked_digits")
+    info = data.inspect(spec)
+    assert info == data.DataInfo("stacked_digits", "image", (3, 8, 8), None)
+    batch = next(data.batches(spec, info, 4096, rank=0, world=1, seed=0))
+    assert batch.shape == (4096, 3, 8, 8) and batch.min() >= -1 and batch.max() <= 1
+    # every channel is one of the real digits, and the three are drawn independently
+    flat = torch.from_numpy(builtin.digits_array()).flatten(1)
+    assert all((flat == batch[i, c].flatten()).all(1).any() for i in range(8) for c in range(3))
+    ink = batch.mean(dim=(2, 3))  # [N, 3]: how much ink each channel's digit has
+    corr = np.corrcoef(ink.T.numpy())
+    assert np.abs(corr[np.triu_indices(3, 1)]).max() < 0.06
+    # drawn fresh per rank, repeatable by seed; the array draws as the first batch does
+    again = next(data.batches(spec, info, 4096, rank=0, world=1, seed=0))
+    other = next(data.batches(spec, info, 4096, rank=1, world=2, seed=0))
+    assert torch.equal(batch, again) and not torch.equal(batch, other)
+    images, triples = builtin.stacked_digits_array(16, seed=7)
+    assert np.array_equal(images, next(builtin.stacked_digits_batches(16, seed=7)).numpy()) and triples.shape == (16, 3)
+
+
+def test_stacked_digits_reference_is_fixed_and_labeled_by_triple():
+    info = data.inspect(DataSpec(name="stacked_digits"))
+    a, la = data.real_images(DataSpec(name="stacked_digits", seed=0), info, 500)
+    b, _ = data.real_images(DataSpec(name="stacked_digits", seed=9), info, 500)
+    assert a.shape == (500, 3, 8, 8) and np.array_equal(a, b)  # the same images whatever the run's seed
+    _, triples = builtin.stacked_digits_array(500, data.REFERENCE_SEED)
+    assert np.array_equal(la, triples[:, 0] * 100 + triples[:, 1] * 10 + triples[:, 2]) and len(set(la)) > 350
+    assert "stacked_digits" in dict(data.describe())
 
 
 def test_parquet_vectors_and_images_are_described(tmp_path):

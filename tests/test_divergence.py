@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+
+import pytest
 
 from distgan.core.stopping import TrialMonitor
 from distgan.spec.search import StopRules
@@ -118,3 +122,104 @@ def test_lost_classes_of_labeled_images_are_mode_collapse_and_fd_converges_downw
     # FD is a distance: the target is met at or below it, not above
     mon = TrialMonitor(rules, "fd_digits", "min", n_modes=10)
     assert [mon.update(img(1.0, fd)) for fd in (40.0, 20.0, 6.0, 4.9)] == [None, None, None, "converged"]
+
+
+# d_collapse, loss-aware. Each case: loss type, the reports (changes to a healthy one), the signal each gets.
+D, C = "d_collapse", None
+
+
+def _acc(a: float, **more) -> dict:
+    return {"d_accuracy": a, "critic_gap": 0.5} | more
+
+
+def _gap(g: float) -> dict:
+    return {"loss_d": -g, "critic_gap": g}  # wgan_gp: loss_d is minus the gap (penalty apart)
+
+
+def _old(loss_d: float, loss_g: float) -> dict:
+    return {"loss_d": loss_d, "loss_g": loss_g}  # reports from before d_accuracy and critic_gap
+
+
+COLLAPSE_CASES = {
+    "a classifier D right on 99% of samples 3 evals running": ("nonsaturating", [_acc(0.995)] * 3, [C, C, D]),
+    "the streak breaks when D errs again": (
+        "hinge",
+        [_acc(0.995), _acc(0.995), _acc(0.9), _acc(0.995), _acc(0.995)],
+        [C] * 5,
+    ),
+    "lsgan and minimax alike": ("lsgan", [_acc(1.0)] * 4, [C, C, D, D]),
+    "a low loss_d with loss_g rising is no evidence when d_accuracy is there": (
+        "minimax",
+        [_acc(0.8, loss_d=0.01, loss_g=g) for g in (1.0, 2.0, 3.0, 4.0)],
+        [C] * 4,
+    ),
+    # the early evals set the scale (the largest gap: 3); the gap must pass 4 x 3 and keep growing
+    "a critic gap that keeps growing, far past its early size": (
+        "wgan_gp",
+        [_gap(g) for g in (2, 3, 2.5, 4, 8, 13, 20, 30)],
+        [C] * 7 + [D],
+    ),
+    "a large gap that has stopped growing": ("wgan_gp", [_gap(g) for g in (2, 3, 2.5, 13, 13.2, 13.1, 13.3)], [C] * 7),
+    "a growing gap still near its early size": (
+        "wgan_gp",
+        [_gap(g) for g in (2, 3, 2.5, 2.7, 2.9, 3.2, 3.5, 3.9)],
+        [C] * 8,
+    ),
+    "wgan_gp's negative loss_d with loss_g rising (the old rule's false alarm)": (
+        "wgan_gp",
+        [_gap(1.0) | {"loss_g": g} for g in (1.0, 2.0, 3.0, 4.0)],
+        [C] * 4,
+    ),
+    "old reports: D's loss under the floor while G's rises": (
+        "nonsaturating",
+        [_old(0.01, g) for g in (1.0, 2.0, 3.0, 4.0)],
+        [C, C, C, D],
+    ),
+    "old reports of wgan_gp: its loss_d says nothing": (
+        "wgan_gp",
+        [_old(-5.0, g) for g in (1.0, 2.0, 3.0, 4.0)],
+        [C] * 4,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", COLLAPSE_CASES)
+def test_d_collapse_reads_the_evidence_of_each_loss(case):
+    loss, reports, expected = COLLAPSE_CASES[case]
+    mon = TrialMonitor(StopRules(grace_evals=0, patience_evals=100), "mixture_score", "max", loss=loss)
+    assert [mon.update(_healthy(0) | r) for r in reports] == expected
+
+
+def test_collapse_thresholds_are_rules():
+    reports = [_healthy(0) | _acc(0.96)] * 2
+    strict = TrialMonitor(StopRules(d_collapse_evals=2), "mixture_score", "max", loss="hinge")
+    lenient = TrialMonitor(StopRules(d_collapse_evals=2, d_accuracy_max=0.95), "mixture_score", "max", loss="hinge")
+    assert [strict.update(r) for r in reports] == [None, None]
+    assert [lenient.update(r) for r in reports] == [None, "d_collapse"]
+
+
+def test_signals_lists_every_reason_that_holds():
+    mon = TrialMonitor(StopRules(d_collapse_evals=1, grace_evals=0), "modes", "max", n_modes=25, loss="minimax")
+    assert mon.signals(_healthy(0) | _acc(1.0) | {"grad_norm_g": 5e3, "modes": 2.0}) == [
+        "grad_explosion",
+        "d_collapse",
+        "mode_collapse",
+    ]
+
+
+def test_the_search_stopper_judges_each_trial_by_its_own_loss_type():
+    """A healthy wgan_gp trial in a search whose base loss is another (loss.type drawn by the space)."""
+    from distgan.runtime.tune import DivergenceStopper
+    from distgan.spec.search import SearchSpec
+
+    doc = json.loads((Path(__file__).parent / "data" / "traces" / "grid25_wgan_gp.json").read_text())
+    search = SearchSpec(
+        space={"loss.type": {"choice": ["nonsaturating", "wgan_gp"]}},
+        metric="mixture_score",
+        mode="max",
+        stop=StopRules(patience_evals=100),
+    )
+    stopper = DivergenceStopper(search, 25, "nonsaturating")
+    assert not any(stopper("t1", e | {"config": {"loss.type": "wgan_gp"}}) for e in doc["evals"])
+    # the same reports, judged as if the trial's loss were the base's (no d_accuracy: the old floor rule)
+    assert any(stopper("t2", e | {"config": {}}) for e in doc["evals"]) and stopper.reasons == {"t2": "d_collapse"}

@@ -29,7 +29,8 @@ def _real(n=32):
 def test_every_loss_steps_and_reports(loss):
     eng = _engine(loss={"type": loss, "r1": 0.1, "r2": 0.1})
     stats = eng.step([_real()])
-    expected = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "r1", "r2"} | ({"gp"} if loss == "wgan_gp" else set())
+    expected = {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "r1", "r2", "critic_gap"}
+    expected |= {"gp"} if loss == "wgan_gp" else {"d_accuracy"}  # the critic of wgan_gp does not classify
     assert set(stats) == expected
     assert engine.all_finite(stats)
     assert all(v.dim() == 0 and not v.requires_grad for v in stats.values())
@@ -43,6 +44,24 @@ def test_n_critic_discriminator_updates_per_generator_update():
     assert step_count(eng.opt_d) == 6 and step_count(eng.opt_g) == 2
     with pytest.raises(AssertionError):
         eng.step([_real()])
+
+
+def test_discriminator_statistics_are_means_over_the_critic_steps():
+    eng = _engine(optim={"n_critic": 3, "lr_d": 1e-2})
+    seen, d_step = [], eng.d_step
+
+    def recorded(real):
+        seen.append(d_step(real))
+        return seen[-1]
+
+    eng.d_step = recorded
+    stats = eng.step([_real() for _ in range(3)])
+    assert len(seen) == 3
+    for key in ("loss_d", "grad_norm_d", "critic_gap", "d_accuracy"):
+        values = [float(s[key]) for s in seen]
+        assert float(stats[key]) == pytest.approx(sum(values) / 3, rel=1e-6), key
+    # D learns between its steps: the last step alone differs from the mean
+    assert float(stats["loss_d"]) != pytest.approx(float(seen[-1]["loss_d"]), rel=1e-6)
 
 
 def test_separate_learning_rates_and_betas():
@@ -148,7 +167,7 @@ def test_rpgan_r1_r2_steps_a_resnet(policy):
     g0, d0 = [p.clone() for p in eng.G.parameters()], [p.clone() for p in eng.D.parameters()]
     for _ in range(2):
         stats = eng.step([_images()])
-    assert set(stats) == {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "r1", "r2"}
+    assert set(stats) == {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "r1", "r2", "d_accuracy", "critic_gap"}
     assert engine.all_finite(stats) and float(stats["r1"]) > 0 and float(stats["r2"]) > 0
     assert not all(torch.equal(a, b) for a, b in zip(g0, eng.G.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(d0, eng.D.parameters()))

@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from distgan.core.losses import G_NEEDS_REAL, LOSS_TYPES, d_loss, g_loss, gradient_penalty, input_gradient_penalty
+from distgan.core.losses import (
+    G_NEEDS_REAL,
+    LOSS_TYPES,
+    critic_gap,
+    d_accuracy,
+    d_loss,
+    g_loss,
+    gradient_penalty,
+    input_gradient_penalty,
+)
 
 R = [0.0, 2.0]
 F_ = [-1.0, 0.5]
@@ -179,3 +188,32 @@ def test_penalty_works_with_module():
     assert lin.weight.grad.reshape(-1).tolist() == pytest.approx((2 * w).tolist())
     # The bias does not enter dD/dx, so the penalty leaves it untouched.
     assert lin.bias.grad is None or lin.bias.grad.abs().item() == 0.0
+
+
+# real > 0: all three; fake < 0: two of three. Against lsgan's 0.5: one real, two fakes.
+R_ACC, F_ACC = [0.3, 0.2, 2.0], [-1.0, -0.5, 0.7]
+EXPECTED_ACCURACY = {
+    "minimax": 5 / 6,
+    "nonsaturating": 5 / 6,
+    "hinge": 5 / 6,
+    "lsgan": 3 / 6,
+    "wgan_gp": None,
+    "rpgan": 3 / 3,
+}
+
+
+def test_accuracy_types_covered():
+    assert set(EXPECTED_ACCURACY) == set(LOSS_TYPES)
+
+
+@pytest.mark.parametrize("kind", LOSS_TYPES)
+def test_d_accuracy_uses_each_loss_decision_boundary(kind):
+    out = d_accuracy(kind, t(R_ACC, (3, 1)), t(F_ACC))
+    if EXPECTED_ACCURACY[kind] is None:
+        assert out is None
+    else:
+        assert out.dim() == 0 and out.item() == pytest.approx(EXPECTED_ACCURACY[kind])
+
+
+def test_critic_gap_is_the_difference_of_mean_scores():
+    assert critic_gap(t(R_ACC), t(F_ACC, (3, 1))).item() == pytest.approx(2.5 / 3 + 0.8 / 3)

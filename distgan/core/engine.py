@@ -81,7 +81,12 @@ class Engine:
             logits = self.D(augment.apply(torch.cat(inputs), self.augment_policy)).float()
         parts = logits.split(n)
         loss = losses.d_loss(spec.type, parts[0], parts[1])
-        stats = {"loss_d": loss.detach()}
+        real_logits, fake_logits = parts[0].detach(), parts[1].detach()
+        # Bounded health statistics next to the loss (whose scale depends on the loss type).
+        stats = {"loss_d": loss.detach(), "critic_gap": losses.critic_gap(real_logits, fake_logits)}
+        accuracy = losses.d_accuracy(spec.type, real_logits, fake_logits)
+        if accuracy is not None:
+            stats["d_accuracy"] = accuracy
         if spec.r1 > 0:
             r1 = losses.input_gradient_penalty(parts[0], real)
             loss = loss + 0.5 * spec.r1 * r1
@@ -124,10 +129,12 @@ class Engine:
         """One generator step after `n_critic` discriminator steps (one real batch each).
 
         Returns detached scalar tensors (no host sync here; the loop reads them when it reports).
+        D's statistics are means over the critic steps: the last one alone is the D most fitted to
+        this G, and would overstate how far D is ahead.
         """
         assert len(real_batches) == self.n_critic, f"need {self.n_critic} real batches, got {len(real_batches)}"
-        for real in real_batches:
-            stats = self.d_step(real)
+        d_stats = [self.d_step(real) for real in real_batches]
+        stats = {k: torch.stack([s[k] for s in d_stats]).mean() for k in d_stats[0]}
         stats.update(self.g_step(real_batches[-1]))
         return stats
 

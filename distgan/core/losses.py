@@ -98,3 +98,32 @@ def input_gradient_penalty(logits: Tensor, inputs: Tensor) -> Tensor:
 def gradient_penalty(logits: Tensor, interpolates: Tensor) -> Tensor:
     """WGAN-GP: mean over the batch of (||dD/dx||_2 - 1)^2 at ``interpolates``."""
     return (_input_grad(logits, interpolates).norm(2, dim=1) - 1).pow(2).mean()
+
+
+# D's decisions, per loss: which real and fake logits count as classified right. A bounded number
+# (the fraction right) says "D wins outright" the same way for every loss whose D is a classifier,
+# where the loss values themselves are on different scales. The critic of wgan_gp has no decision
+# boundary (its scores mean something only as differences): no entry, no accuracy.
+_DECISIONS = {
+    "minimax": lambda r, f: (r > 0, f < 0),
+    "nonsaturating": lambda r, f: (r > 0, f < 0),
+    "hinge": lambda r, f: (r > 0, f < 0),
+    "lsgan": lambda r, f: (r > 0.5, f < 0.5),  # targets 1 (real) and 0 (fake)
+    "rpgan": lambda r, f: (r - f > 0,),  # relativistic: a logistic decision on each pair's gap
+}
+
+
+def d_accuracy(kind: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor | None:
+    """Fraction of D's decisions that are right, over real and fake samples; None for losses whose
+    D does not classify (wgan_gp). 1.0 sustained: D wins outright."""
+    _check(kind)
+    if kind not in _DECISIONS:
+        return None
+    right = _DECISIONS[kind](_flat(real_logits), _flat(fake_logits))
+    return torch.cat(right).float().mean()
+
+
+def critic_gap(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """mean(D(real)) - mean(D(fake)), for every loss; for wgan_gp the critic's estimate of the
+    Wasserstein-1 distance (it keeps growing when the critic runs away from G)."""
+    return _flat(real_logits).mean() - _flat(fake_logits).mean()

@@ -1,8 +1,8 @@
 """Datasets: what the data is (`inspect`, on the driver, before Ray), and batches of it (`batches`, in a worker).
 
-Built-ins live in memory of each worker (mixtures are drawn fresh; digits are sharded by rank).
-User data goes through Ray Data (`distgan.runtime.ray_data`): Ray Train shards it across workers
-(`get_dataset_shard`), and the worker iterates its shard in epochs here.
+Built-ins live in memory of each worker (mixtures and stacked digits are drawn fresh; digits are
+sharded by rank). User data goes through Ray Data (`distgan.runtime.ray_data`): Ray Train shards it
+across workers (`get_dataset_shard`), and the worker iterates its shard in epochs here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 
 from distgan.data import builtin, files
 from distgan.spec.job import DataSpec
+
+REFERENCE_SEED = 0  # the reference images of drawn image data (stacked_digits), whatever the run's seed
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ def inspect(spec: DataSpec) -> DataInfo:
         return DataInfo(spec.name, "mixture", (2,), None)
     if spec.name == "digits":
         return DataInfo("digits", "image", (1, 8, 8), 1797)
+    if spec.name == "stacked_digits":
+        return DataInfo("stacked_digits", "image", (3, 8, 8), None)
     if spec.name == "parquet":
         kind, shape, rows = files.inspect_parquet(spec.path, spec.column)
         return DataInfo("parquet", kind, shape, rows)
@@ -53,6 +57,8 @@ def batches(
     if spec.name == "digits":
         data = torch.from_numpy(builtin.digits_array())[rank::world]
         return builtin.tensor_batches(data, batch_size, stream_seed)
+    if spec.name == "stacked_digits":
+        return builtin.stacked_digits_batches(batch_size, stream_seed)
     return _shard_batches(shard, batch_size, stream_seed)
 
 
@@ -75,10 +81,14 @@ def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
 
 def real_images(spec: DataSpec, info: DataInfo, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to `limit` real images as [N, C, H, W] float32 in [-1, 1], and their class labels when
-    the data has them (the built-in digits): the reference side of the image metrics."""
+    the data has them (the built-in digits): the reference side of the image metrics. Drawn data
+    (stacked_digits) is drawn with a fixed seed: every run is measured against the same images."""
     if spec.name == "digits":
         keep = files.spread(info.num_rows, limit)
         return builtin.digits_array()[keep], builtin.digits_labels()[keep]
+    if spec.name == "stacked_digits":  # labels: the triple as one of 1,000 classes, 100 R + 10 G + B
+        images, triples = builtin.stacked_digits_array(limit, REFERENCE_SEED)
+        return images, triples @ np.array([100, 10, 1])
     if spec.name == "parquet":
         return files.read_parquet_images(spec.path, spec.column, info.sample_shape[0], limit), None
     if spec.name == "imagefolder":

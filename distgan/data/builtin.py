@@ -1,4 +1,5 @@
-"""Built-in datasets: the PacGAN 2-D mixtures (ring8, grid25) and scikit-learn's 8x8 digits."""
+"""Built-in datasets: the PacGAN 2-D mixtures (ring8, grid25), scikit-learn's 8x8 digits, and the
+Stacked MNIST protocol on them (stacked_digits: 1,000 modes)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ ABOUT = {
     "ring8": "8 Gaussians on the unit circle, std 0.01 (PacGAN); 2-D points drawn fresh each step",
     "grid25": "25 Gaussians on the grid {-4,-2,0,2,4}^2, std 0.05 (PacGAN); 2-D points drawn fresh each step",
     "digits": "scikit-learn's 1,797 real 8x8 handwritten digits, 1 channel, scaled to [-1, 1]",
+    "stacked_digits": "Stacked MNIST on the 8x8 digits: 3 channels, each an independently drawn real digit; "
+    "1,000 modes (digit triples), drawn fresh each step",
 }
 
 
@@ -47,3 +50,20 @@ def tensor_batches(data: torch.Tensor, batch_size: int, seed: int) -> Iterator[t
         order = torch.randperm(len(data), generator=rng)
         for i in range(0, len(data) - batch_size + 1, batch_size):
             yield data[order[i : i + batch_size]]
+
+
+def stacked_digits_batches(batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless [N, 3, 8, 8] batches: each channel a real digit drawn uniformly at random, independently
+    of the other two (Stacked MNIST: the 10^3 digit triples are the modes, about equally likely)."""
+    digits = torch.from_numpy(digits_array())[:, 0]  # [1797, 8, 8]
+    rng = torch.Generator().manual_seed(seed)
+    while True:
+        yield digits[torch.randint(len(digits), (batch_size, 3), generator=rng)]
+
+
+def stacked_digits_array(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n stacked digits [n, 3, 8, 8] float32 in [-1, 1] and their digit triples [n, 3] (the class of
+    the R, G and B digit), drawn as `stacked_digits_batches` draws them."""
+    digits, labels = digits_array()[:, 0], digits_labels()
+    pick = torch.randint(len(digits), (n, 3), generator=torch.Generator().manual_seed(seed)).numpy()
+    return digits[pick], labels[pick]

@@ -8,7 +8,9 @@ from __future__ import annotations
 # The loop's own numbers: averaged over an eval interval (losses, gradient norms, penalties) or rates.
 LOSS_AND_GRAD = ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")
 PENALTIES = ("r1", "r2", "gp")
-LOOP = (*LOSS_AND_GRAD, *PENALTIES, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d")
+# D's health next to its loss (bounded, comparable across losses): see distgan.core.losses.
+D_HEALTH = ("d_accuracy", "critic_gap")
+LOOP = (*LOSS_AND_GRAD, *D_HEALTH, *PENALTIES, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d")
 
 MIXTURE = ("modes", "high_quality", "reverse_kl")  # 2-D mixtures (metrics.mixture)
 MIXTURE_SCORE = "mixture_score"  # modes + high_quality: one number that orders mixture runs

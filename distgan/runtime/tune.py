@@ -94,17 +94,20 @@ def tune_space(search: SearchSpec) -> dict:
 class DivergenceStopper(tune.Stopper):
     """Feeds every report to its trial's monitor; remembers why it stopped each trial."""
 
-    def __init__(self, search: SearchSpec, n_modes: int | None):
-        self.search, self.n_modes = search, n_modes
+    def __init__(self, search: SearchSpec, n_modes: int | None, loss: str):
+        self.search, self.n_modes, self.loss = search, n_modes, loss
         self.monitors: dict[str, TrialMonitor] = {}
         self.reasons: dict[str, str] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if "loss_d" not in result:
             return False
-        s = self.search
-        progress = ["modes", "high_quality"] if s.metric == names.MIXTURE_SCORE else None
-        monitor = self.monitors.setdefault(trial_id, TrialMonitor(s.stop, s.metric, s.mode, progress, self.n_modes))
+        monitor = self.monitors.get(trial_id)
+        if monitor is None:
+            s = self.search
+            progress = ["modes", "high_quality"] if s.metric == names.MIXTURE_SCORE else None
+            loss = (result.get("config") or {}).get("loss.type", self.loss)  # the trial's own: the space may draw it
+            monitor = self.monitors[trial_id] = TrialMonitor(s.stop, s.metric, s.mode, progress, self.n_modes, loss)
         reason = monitor.update(result)
         if reason:
             self.reasons[trial_id] = reason
@@ -200,7 +203,7 @@ def fit_trials(
     )
     # Tune's new console output ignores verbose=0; the legacy one honours it (our lines suffice)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    stopper = DivergenceStopper(search, n_modes) if search.early_stop else None
+    stopper = DivergenceStopper(search, n_modes, spec.loss.type) if search.early_stop else None
     reasons = stopper.reasons if stopper else {}
     log = TrialLog(echo, reasons, spec.train.steps, search.metric, list(search.space), search.scheduler)
     tuner = tune.Tuner(

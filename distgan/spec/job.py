@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from distgan.errors import InputError
 
-BUILTIN_DATASETS = ("ring8", "grid25", "digits")
+BUILTIN_DATASETS = ("ring8", "grid25", "digits", "stacked_digits")
 POINT_DATASETS = ("ring8", "grid25")  # 2-D mixtures: no images, so no conv models and no image augmentation
 # The job `distgan train` runs with no spec; the ready specs ship in the package (jobs/ links here).
 JOBS_DIR = Path(__file__).parents[1] / "jobs"
@@ -28,7 +28,7 @@ class Section(BaseModel):
 
 
 class DataSpec(Section):
-    name: Literal["ring8", "grid25", "digits", "parquet", "imagefolder"] = "grid25"
+    name: Literal["ring8", "grid25", "digits", "stacked_digits", "parquet", "imagefolder"] = "grid25"
     path: str | None = None  # parquet file/directory or image folder
     column: str | None = None  # parquet column: fixed-length float vectors or encoded image bytes
     seed: int = 0  # seeds the built-in datasets' draws

@@ -37,8 +37,12 @@ class StopRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grad_norm_max: float = Field(1e3, gt=0)
-    d_loss_floor: float = Field(0.05, ge=0)
+    d_loss_floor: float = Field(0.05, ge=0)  # reports without d_accuracy / critic_gap only
     d_collapse_evals: int = Field(3, ge=1)
+    d_accuracy_max: float = Field(0.99, gt=0.5, le=1)  # a classifier D this accurate wins outright
+    gap_growth: float = Field(0.05, gt=0)  # wgan_gp: the critic gap grows at least this much (relative) per eval
+    gap_factor: float = Field(4.0, gt=1)  # ... up to this many times its early size
+    gap_reference_evals: int = Field(3, ge=1)  # ... the largest gap of the first evals
     mode_fraction: float = Field(0.5, ge=0, le=1)
     min_mode_fraction: float = Field(0.25, ge=0, le=1)
     grace_evals: int = Field(3, ge=0)
