@@ -36,6 +36,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = _job_overrides(args)
     if args.name:
         overrides.append(f"train.name={args.name}")
+    if args.stop_on_failure:
+        overrides.append("train.stop_on_failure=true")
     spec = load_spec(args.job, overrides)
     tracking = TrackingOptions(not args.no_tracking, args.tracking_uri, args.experiment, args.register, args.generator)
     result = train.train(spec, address=args.address, tracking=tracking)
@@ -44,6 +46,8 @@ def _train(args: argparse.Namespace) -> int:
         f"{result.status}: {result.steps} steps in {result.wall_s:.0f}s  {names.summary(result.metrics)}  "
         f"run {result.run_dir}"
     )
+    if result.health not in ("ok", None):
+        print("health: " + "; ".join(s["message"] for s in result.health))
     if result.mlflow_run_id:
         print(f"mlflow run {result.mlflow_run_id} at {result.tracking_uri}{_registered(result)}")
     if result.error:
@@ -255,6 +259,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu)")
     t.add_argument("--name", help="run name (train.name); an existing name resumes that run")
     t.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
+    t.add_argument(
+        "--stop-on-failure", action="store_true", help="end the run (status diverged) when a health signal fires"
+    )
     _tracking_options(
         t,
         "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",

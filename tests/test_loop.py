@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
 from distgan import data
 from distgan.core import checkpoint, loop
@@ -82,3 +83,22 @@ def test_a_diverging_run_ends_diverged_and_keeps_the_last_good_checkpoint(tmp_pa
     assert session.reports[-1]["step"] == result["steps"]
     newest = checkpoint.read(session.latest_checkpoint())
     assert newest["step"] < result["steps"]  # the diverged state was never saved
+
+
+def test_the_health_monitor_names_the_classic_failure_and_can_stop_the_run(tmp_path):
+    """The tutorial GAN (minimax loss, 5 D steps per G step): D wins outright by step 300."""
+    spec = load_spec(REPO / "jobs" / "seed-minimax.yaml", ["train.stop_on_failure=true", "train.eval_samples=300"])
+    lines = []
+    session = loop.LocalSession(tmp_path / "run", echo=lines.append)
+    result = loop.run(spec, data.inspect(spec.data), session, RunRecord(tmp_path / "run" / "distgan"))
+    assert result["status"] == "diverged" and result["steps"] < 1000
+    (signal,) = result["health"]
+    assert signal["name"] == "d_collapse" and signal["step"] == result["steps"]
+    assert "use loss.type=nonsaturating" in signal["message"]
+    assert any(line.startswith("health: step") and "D wins outright" in line for line in lines)
+    assert any("a health signal fired" in line for line in lines)
+
+
+def test_a_healthy_run_reports_ok(tmp_path):
+    result, _ = _run(tmp_path, 60)
+    assert result["health"] == "ok"

@@ -261,3 +261,22 @@ def test_diverging_run_stops_with_status_diverged(tmp_path):
     assert res["status"] == "diverged" and res["steps"] == 10
     assert res["metrics"]["loss_d"] is None  # NaN, written as JSON null
     assert "loss or gradient is NaN/Inf; stopping (status diverged)" in r.stdout
+
+
+def test_seed_minimax_is_named_unhealthy_and_never_champion(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "result.json"
+    r = run_cli(
+        "train", str(REPO / "jobs" / "seed-minimax.yaml"), "--json-out", str(out),
+        "--tracking-uri", mlflow_server.uri, "--register", "seed-minimax",
+        "--set", "train.steps=400", "--set", "train.eval_samples=300", "--set", "metrics.final_samples=500",
+        "--set", f"train.storage_path={tmp_path}", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = read_json(out)
+    assert res["status"] == "finished" and [s["name"] for s in res["health"]] == ["d_collapse"]
+    assert "health: step" in r.stdout and "use loss.type=nonsaturating" in r.stdout
+    # registered, but a run that is not healthy never takes champion (not even as the first version)
+    assert res["model_uri"] == "models:/seed-minimax/1" and res["champion"] is False
+    assert MlflowClient(mlflow_server.uri).get_run(res["mlflow_run_id"]).data.tags["distgan.health"] == "d_collapse"

@@ -44,6 +44,7 @@ class TrainResult:
     logged_model_uri: str | None = None
     model_uri: str | None = None
     champion: bool | None = None
+    health: str | list | None = None  # "ok", or the health signals that fired: [{name, step, message}]
     ranks_in_sync: bool | None = None
     param_digests: list = field(default_factory=list)
     node_ids: list = field(default_factory=list)
@@ -131,6 +132,7 @@ def _result(
         mlflow_run_id=run_id,
         tracking_uri=uri,
         tracking_undelivered=out.get("tracking_undelivered", 0),
+        health=out.get("health"),
         ranks_in_sync=out.get("ranks_in_sync"),
         param_digests=out.get("param_digests", []),
         node_ids=out.get("node_ids", []),
@@ -141,7 +143,10 @@ def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, trackin
     """The final generator to MLflow (and the registry, when asked), then the run's curves and status.
     A tracking server gone at the very end does not undo the training: the result says so."""
     uri, run_id = result.tracking_uri, result.mlflow_run_id
+    # "ok", or the signals that fired: a run that is not ok is never promoted to champion
+    health = result.health if isinstance(result.health, str) else ",".join(s["name"] for s in result.health or [])
     try:
+        tracking_run.set_tags(uri, run_id, {"distgan.health": health or "unknown"})
         if result.status == "finished" and result.checkpoint:
             generator = checkpoint.generator(
                 checkpoint.read(result.checkpoint), spec.model, info.sample_shape, tracking.generator
@@ -159,9 +164,11 @@ def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, trackin
                     "job": spec.train.name,
                     "run_id": run_id,
                     "generator": tracking.generator,
+                    "distgan.health": health,
                 },
                 description=f"{spec.model.arch} generator ({tracking.generator}) trained on {spec.data.name} for "
                 f"{result.steps} steps" + (f"; {summary}" if summary else ""),
+                healthy=health == "ok",
             )
             result.logged_model_uri, result.model_uri, result.champion = (
                 published["logged_model_uri"],

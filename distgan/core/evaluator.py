@@ -50,6 +50,14 @@ class Evaluator:
         if choice:
             self.net = features.load(choice, device, spec.metrics.feature_name)
 
+    @property
+    def n_modes(self) -> int | None:
+        """What mode collapse is counted against: the mixture's modes, or the classes the feature
+        network tells apart (None: neither)."""
+        if self.info.kind == "mixture":
+            return len(self.means)
+        return self.net.num_classes if self.net is not None else None
+
     def _sample(self, G, n: int, seed: int) -> torch.Tensor:
         return engine.sample(G, n, self.spec.model.latent_dim, self.device, seed)
 

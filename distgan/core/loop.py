@@ -23,6 +23,7 @@ from distgan import data, models
 from distgan.core import checkpoint, engine
 from distgan.core.dist import any_rank, gather, parameter_digest
 from distgan.core.evaluator import Evaluator
+from distgan.core.health import HealthMonitor
 from distgan.data import DataInfo
 from distgan.spec.job import JobSpec
 
@@ -131,6 +132,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     if record is not None and start == 0:
         record.log_spec(spec.model_dump(mode="json"))
     evaluator = Evaluator(spec, info, device, rank, world, gather)
+    health = _health_monitor(spec, evaluator, record, start) if is_chief else None
 
     totals: dict[str, float] = {}
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
@@ -160,12 +162,17 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
             if record is not None:
                 record.log_metrics(metrics, step)
             session.progress(_progress_line(step, t.steps, metrics, time.perf_counter() - run_start, step - start))
-        if diverged:
+            for signal in _new_signals(health, step, metrics):
+                session.progress(f"health: {signal.message}")
+        # --stop-on-failure: a failing run ends here, with the status of a diverged one
+        unhealthy = evaluate and t.stop_on_failure and any_rank(health is not None and health.report() != "ok", device)
+        if diverged or unhealthy:
             status = "diverged"
         _report(session, eng, step, metrics, save and not diverged, rank, spec)  # keep the last good one
-        if diverged:
+        if diverged or unhealthy:
             if is_chief:
-                session.progress(f"step {step}: loss or gradient is NaN/Inf; stopping (status diverged)")
+                why = "loss or gradient is NaN/Inf" if diverged else "a health signal fired (train.stop_on_failure)"
+                session.progress(f"step {step}: {why}; stopping (status diverged)")
             break
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
@@ -180,11 +187,29 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         "steps": step,
         "resumed_from": start,
         "metrics": metrics,
+        "health": health.report() if health is not None else None,
         "ranks_in_sync": all(d == digests[0] for d in digests),
         "tracking_undelivered": undelivered,
         "param_digests": [{"G": g, "D": d} for g, d in digests],
         "node_ids": gather(session.node_id),
     }
+
+
+def _health_monitor(spec: JobSpec, evaluator: Evaluator, record: Recorder | None, start: int) -> HealthMonitor:
+    """The run's health monitor, caught up on the evals before a resume (it judges trends)."""
+    health = HealthMonitor(spec.loss.type, n_modes=evaluator.n_modes)
+    for row in record.metric_history() if record is not None else []:
+        if row["step"] <= start:
+            health.update(row["step"], row)
+    return health
+
+
+def _new_signals(health: HealthMonitor | None, step: int, metrics: dict) -> list:
+    """The signals that fire for the first time at this eval (each is said once)."""
+    if health is None:
+        return []
+    seen = set(health.first)
+    return [s for s in health.update(step, metrics) if s.name not in seen]
 
 
 def _report(

@@ -110,6 +110,7 @@ class TrainSpec(Section):
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     max_failures: int = Field(3, ge=0)  # worker-group restarts from the latest checkpoint
+    stop_on_failure: bool = False  # end the run (status diverged) when a health signal fires
     name: str | None = None  # run name; reusing one resumes that run
     storage_path: str | None = None  # where runs live (default ./distgan_runs)
 

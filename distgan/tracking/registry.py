@@ -93,8 +93,11 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
     return info.model_uri
 
 
-def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags: dict, description: str) -> dict:
-    """A new version of `name`; it takes `champion` under the rule above. Returns
+def register(
+    uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags: dict, description: str, healthy: bool = True
+) -> dict:
+    """A new version of `name`; it takes `champion` under the rule above, and never when the run
+    that made it was not healthy (a health signal fired). Returns
     {"version", "model_uri", "champion": bool, "previous_champion"}."""
     import mlflow
 
@@ -106,7 +109,9 @@ def register(uri: str, model_uri: str, name: str, kind: str, metrics: dict, tags
     client.update_model_version(name, mv.version, description=description)
     current = _champion(client, name)
     mine = rank_key(kind, quality)
-    if current is None:
+    if not healthy:
+        take = False
+    elif current is None:
         take = True
     else:
         theirs = rank_key(
@@ -133,12 +138,13 @@ def publish_generator(
     metrics: dict,
     tags: dict,
     description: str,
+    healthy: bool = True,
 ) -> dict:
     """Log `generator` to the run and, when `register_as` names a model, register it under the
     champion rule. Returns {"logged_model_uri", "model_uri", "champion"}."""
     out = {"logged_model_uri": log_generator(uri, run_id, generator, meta), "model_uri": None, "champion": None}
     if register_as:
-        reg = register(uri, out["logged_model_uri"], register_as, meta["kind"], metrics, tags, description)
+        reg = register(uri, out["logged_model_uri"], register_as, meta["kind"], metrics, tags, description, healthy)
         out["model_uri"], out["champion"] = reg["model_uri"], reg["champion"]
     return out
 

@@ -80,6 +80,12 @@ def open_run(uri: str, experiment: str, spec, run_dir: Path, tags: dict[str, str
     return run_id
 
 
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client = mlflow_client(uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def close_run(uri: str, run_id: str, status: str) -> None:
     """Loss and quality curves from the run's metric history, then the final status."""
     from PIL import Image
