@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import warnings
 
 from distgan import __version__
 from distgan.errors import InputError
@@ -21,6 +24,11 @@ def _job_overrides(args: argparse.Namespace) -> list[str]:
     if args.gpu:
         overrides.append("scaling.gpu=true")
     return overrides
+
+
+def _echo(line: str) -> None:
+    """Progress lines: distgan's logger (hidden by -q)."""
+    logging.getLogger("distgan").info(line)
 
 
 def _registered(result) -> str:
@@ -40,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append("train.stop_on_failure=true")
     spec = load_spec(args.job, overrides)
     tracking = TrackingOptions(not args.no_tracking, args.tracking_uri, args.experiment, args.register, args.generator)
-    result = train.train(spec, address=args.address, tracking=tracking)
+    result = train.train(spec, address=args.address, tracking=tracking, echo=_echo)
     _write_json(args.json_out, result.to_json())
     print(
         f"{result.status}: {result.steps} steps in {result.wall_s:.0f}s  {names.summary(result.metrics)}  "
@@ -66,7 +74,7 @@ def _search(args: argparse.Namespace) -> int:
         overrides += ["search.early_stop=false"]
     spec, search_spec = search.load(args.spec, overrides)
     tracking = TrackingOptions(not args.no_tracking, args.tracking_uri, args.experiment, args.register)
-    result = search.search(spec, search_spec, address=args.address, tracking=tracking)
+    result = search.search(spec, search_spec, address=args.address, tracking=tracking, echo=_echo)
     _write_json(args.json_out, result.to_json())
     print(
         f"{result.status}: {len(result.trials)} trials, {result.steps} steps in {result.wall_s:.0f}s; best "
@@ -247,6 +255,8 @@ def _tracking_options(p: argparse.ArgumentParser, uri_help: str, register_help: 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distgan", description="Distributed GAN training on Ray, tracked in MLflow.")
     p.add_argument("--version", action="version", version=f"distgan {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="also show Ray's and MLflow's own logs")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="only the result line and errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a GAN from a job spec (default: the built-in grid25 job)")
@@ -386,8 +396,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _configure_logging(verbosity: int) -> None:
+    """distgan's own lines on stdout (progress at INFO); Ray's and MLflow's only with -v."""
+    log = logging.getLogger("distgan")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+    if verbosity <= 0:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its logger's level at import
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
     try:
         return args.fn(args)
     except InputError as e:

@@ -5,6 +5,7 @@ ports, token auth), a real MLflow server; and cluster.yaml through Ray's own con
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -454,3 +455,28 @@ def test_missing_or_wrong_token_is_a_clear_exit_2(cluster, tmp_path):
     assert r.returncode == 2 and "RAY_AUTH_MODE=token but no Ray auth token" in r.stderr
     r = _jobs(cluster, "list", cwd=tmp_path, env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert r.returncode == 2 and "refused the auth token from RAY_AUTH_TOKEN" in r.stderr
+
+
+@pytest.mark.cluster
+def test_plain_ray_job_submit_with_env_vars_runs_a_distgan_job(cluster, mlflow_server, tmp_path):
+    """Ray's own CLI, the job's env vars in its runtime env (which distgan's driver must not
+    declare again: Ray refuses that merge), `distgan train --address auto` as the entrypoint."""
+    job_id = f"plain-{uuid.uuid4().hex[:8]}"
+    renv = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_DISABLE_TELEMETRY": "true"}}
+    entrypoint = [sys.executable, "-m", "distgan", "train", GRID25, "--address", "auto", *SHORT,
+                  "--set", f"train.storage_path={tmp_path}", "--experiment", "plain-ray-job"]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    r = subprocess.run(
+        ["ray", "job", "submit", "--address", cluster.address, "--submission-id", job_id,
+         "--runtime-env-json", json.dumps(renv), "--", *entrypoint],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    status = subprocess.run(["ray", "job", "status", "--address", cluster.address, job_id], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert status.returncode == 0 and "succeeded" in (status.stdout + status.stderr).lower()
+    logs = r.stdout + r.stderr
+    assert "finished: 200 steps" in logs and f"at {mlflow_server.uri}" in logs  # tracked where the job env said
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name("plain-ray-job") is not None

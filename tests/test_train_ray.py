@@ -280,3 +280,21 @@ def test_seed_minimax_is_named_unhealthy_and_never_champion(tmp_path, mlflow_ser
     # registered, but a run that is not healthy never takes champion (not even as the first version)
     assert res["model_uri"] == "models:/seed-minimax/1" and res["champion"] is False
     assert MlflowClient(mlflow_server.uri).get_run(res["mlflow_run_id"]).data.tags["distgan.health"] == "d_collapse"
+
+
+def test_the_console_shows_distgan_lines_only(tmp_path):
+    """Ray's notices, its helper actors' error lines and MLflow's nags stay out of a user's console
+    (-v shows them); -q leaves the result line alone."""
+    args = ["train", str(REPO / "jobs" / "ring8.yaml"), "--no-tracking", "--set", "train.steps=40",
+            "--set", "train.eval_every=20", "--set", "train.checkpoint_every=40", "--set", "train.final_eval_seeds=1",
+            "--set", f"train.storage_path={tmp_path}"]  # fmt: skip
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert [line.split("/")[0] for line in lines[:2]] == ["step 20", "step 40"] and lines[-1].startswith(
+        "finished: 40 steps"
+    )
+    assert len(lines) == 3
+    r = run_cli("-q", *args, "--name", "quiet", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr.strip() == ""
+    assert [line.split(":")[0] for line in r.stdout.strip().splitlines()] == ["finished"]

@@ -68,10 +68,6 @@ def _is_loopback(host: str | None) -> bool:
 def job_env(sub: Submission, address: str, uses_token: bool) -> dict[str, str]:
     """Env vars of the job (its driver and every Ray worker it starts)."""
     env = dict(tracking_client.MLFLOW_ENV)
-    # distgan's driver passes its MLFLOW_* vars on to its workers through ray.init(runtime_env=...);
-    # Ray refuses a driver that re-declares a job env var unless told that the driver's copy wins
-    # (the values are the same).
-    env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     if uses_token:
         # `ray.init(address="auto")` in the job must speak token auth too (it reads the head's token file).
         env["RAY_AUTH_MODE"] = "token"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import threading
@@ -64,16 +65,33 @@ def ray_session(address: str | None):
     already connected; shuts down only what it started."""
     started = not ray.is_initialized()
     if started:
-        runtime_env = {
-            "env_vars": worker_env(),
-            "worker_process_setup_hook": "distgan.runtime.ray_train.quiet_worker_logs",
-        }
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, configure_logging=True)
+        env = {k: v for k, v in worker_env().items() if k not in _job_env_vars()}
+        runtime_env = {"env_vars": env, "worker_process_setup_hook": "distgan.runtime.ray_train.quiet_worker_logs"}
+        # Ray's own console lines (its token-auth notice, worker logs, internal errors of its helper
+        # actors) only with -v: distgan prints what the run does, and an ERROR line reads as a failure.
+        verbose = logging.getLogger("distgan").isEnabledFor(logging.DEBUG)
+        ray.init(
+            address=address,
+            runtime_env=runtime_env,
+            logging_level=logging.INFO if verbose else logging.ERROR,
+            configure_logging=True,
+            log_to_driver=verbose,
+        )
     try:
         yield
     finally:
         if started:
             ray.shutdown()
+
+
+def _job_env_vars() -> dict[str, str]:
+    """The env vars of the Ray job this driver runs in (`ray job submit --runtime-env-json ...`),
+    which already reach every worker. Ray refuses a driver that declares any of them again ("Failed to
+    merge the Job's runtime env"), so `ray_session` leaves those out of its own."""
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray for a job's driver
+    if not job_config:
+        return {}
+    return (json.loads(job_config).get("runtime_env") or {}).get("env_vars") or {}
 
 
 def alive_nodes() -> int:

@@ -18,10 +18,14 @@ The first version of a name always takes it. `promote` moves it by hand.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import re
 import tempfile
 import warnings
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import torch
@@ -104,7 +108,13 @@ def register(
     client = mlflow_client(uri)
     quality = {k: v for k, v in metrics.items() if is_quality(k) and v is not None}
     version_tags = {**tags, "distgan.kind": kind, **{f"metric.{k}": str(v) for k, v in quality.items()}}
-    with fluent_uri(uri):
+    # MLflow prints "Successfully registered model ..." itself; distgan's result line says it (-v shows it)
+    quiet = (
+        contextlib.nullcontext()
+        if logging.getLogger("distgan").isEnabledFor(logging.DEBUG)
+        else redirect_stderr(io.StringIO())
+    )
+    with fluent_uri(uri), quiet:
         mv = mlflow.register_model(model_uri, name, tags=version_tags)
     client.update_model_version(name, mv.version, description=description)
     current = _champion(client, name)
