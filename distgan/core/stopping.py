@@ -13,8 +13,11 @@
 - `no_progress`    after `grace_evals`, none of the progress metrics (the search metric, or e.g. both
                    `modes` and `high_quality` for mixtures) set a new best for `patience_evals`;
 - `converged`      every target in `converged` is met (e.g. modes 25 and high_quality 0.8; a
-                   distance such as fd_digits is met at or below its target): the trial has
-                   nothing left to prove.
+                   distance such as fd_digits is met at or below its target) on two consecutive
+                   evals (one favourable eval is noise): the trial has nothing left to prove.
+
+`ranking_eval(evals, metric, mode)` is the eval a trial is ranked by (and whose checkpoint a search
+publishes): its best eval of the metric.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class TrialMonitor:
         self.since_best = 0
         self.collapse_run = 0
         self.last_loss_g = None
+        self.converged_run = 0  # consecutive evals meeting every `converged` target
 
     def update(self, m: dict) -> str | None:
         r = self.rules
@@ -58,7 +62,9 @@ class TrialMonitor:
         self.last_loss_g = m["loss_g"]
         if self.collapse_run >= r.d_collapse_evals:
             return "d_collapse"
-        if r.converged and all(_reached(m.get(k), k, v) for k, v in r.converged.items()):
+        met = bool(r.converged) and all(_reached(m.get(k), k, v) for k, v in r.converged.items())
+        self.converged_run = self.converged_run + 1 if met else 0
+        if self.converged_run >= 2:
             return "converged"
         improved = False
         for key in self.progress_keys:
@@ -86,3 +92,19 @@ def _reached(value: float | None, metric: str, target: float) -> bool:
     if value is None or not math.isfinite(value):
         return False
     return value <= target if lower_is_better(metric) else value >= target
+
+
+def ranking_eval(evals: list[dict], metric: str, mode: str) -> dict | None:
+    """The eval (a dict with `step` and the metrics reported at it) that a trial is ranked by: its
+    best of `metric` (on a tie the later one); None when no eval measured it.
+
+    The best, not the last, so that an early stop neither flatters nor penalises a trial against
+    those that run on: a trial's best can only grow as it runs, so a stop never makes it look
+    better, and the stops end trials that no longer improve (`no_progress`: no new best for the
+    patience) or that sit at their targets (`converged`: met twice), which is what their best
+    already shows. The last would compare a stopped trial's frozen value with the others' values at
+    their end, while GAN metrics swing from eval to eval. A search publishes the checkpoint of this
+    very eval, so the generator registered is the one measured."""
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [e for e in evals if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])]
+    return max(scored, key=lambda e: (sign * e[metric], e["step"])) if scored else None
