@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distgan.core.stopping import TrialMonitor
+from distgan.core.stopping import TrialMonitor, ranking_eval
 from distgan.spec.search import StopRules
 
 
@@ -81,7 +81,22 @@ def test_converged_when_all_targets_met():
         _healthy(0) | {"modes": 25.0, "high_quality": 0.7},
         _healthy(0) | {"modes": 25.0, "high_quality": 0.85},
     ]
-    assert _run(stream, converged={"modes": 25, "high_quality": 0.8}, patience_evals=10) == [None, None, "converged"]
+    assert _run(stream, converged={"modes": 25, "high_quality": 0.8}, patience_evals=10) == [None, None, None]
+    # met on two consecutive evals: only then does the trial stop
+    stream.append(_healthy(0) | {"modes": 25.0, "high_quality": 0.82})
+    assert _run(stream, converged={"modes": 25, "high_quality": 0.8}, patience_evals=10) == [
+        None,
+        None,
+        None,
+        "converged",
+    ]
+
+
+def test_one_favourable_eval_does_not_converge():
+    # targets met once, missed, met once again: never two evals running
+    hq = [0.85, 0.7, 0.9, 0.75, 0.81]
+    stream = [_healthy(0) | {"modes": 25.0, "high_quality": h} for h in hq]
+    assert _run(stream, converged={"modes": 25, "high_quality": 0.8}, patience_evals=10) == [None] * 5
 
 
 def test_progress_in_any_part_of_a_composite_score_counts():
@@ -121,7 +136,27 @@ def test_lost_classes_of_labeled_images_are_mode_collapse_and_fd_converges_downw
     assert [mon.update(img(c, 50.0)) for c in (1.0, 1.0, 1.0, 0.3)] == [None, None, None, "mode_collapse"]
     # FD is a distance: the target is met at or below it, not above
     mon = TrialMonitor(rules, "fd_digits", "min", n_modes=10)
-    assert [mon.update(img(1.0, fd)) for fd in (40.0, 20.0, 6.0, 4.9)] == [None, None, None, "converged"]
+    assert [mon.update(img(1.0, fd)) for fd in (40.0, 20.0, 4.9, 4.8)] == [None, None, None, "converged"]
+
+
+def test_a_trial_is_ranked_by_its_best_eval_and_its_checkpoint_is_that_evals():
+    evals = [
+        {"step": 100, "mixture_score": 20.0, "checkpoint": "c100"},
+        {"step": 200, "mixture_score": 25.8, "checkpoint": "c200"},
+        {"step": 300, "mixture_score": 24.1, "checkpoint": "c300"},
+        {"step": 400, "mixture_score": math.nan, "checkpoint": "c400"},
+    ]
+    assert ranking_eval(evals, "mixture_score", "max") == evals[1]
+    # a distance: the lowest; on a tie the later (longer trained) eval
+    fd = [{"step": 100, "fd_digits": 9.0}, {"step": 200, "fd_digits": 4.0}, {"step": 300, "fd_digits": 4.0}]
+    assert ranking_eval(fd, "fd_digits", "min") == fd[2]
+    assert ranking_eval([{"step": 100, "loss_d": 1.0}], "fd_digits", "min") is None
+    # stopping a trial early never makes it look better than running on: its best only grows
+    running = [*evals[:3], {"step": 500, "mixture_score": 25.9, "checkpoint": "c500"}]
+    assert (
+        ranking_eval(evals[:3], "mixture_score", "max")["mixture_score"]
+        <= ranking_eval(running, "mixture_score", "max")["mixture_score"]
+    )
 
 
 # d_collapse, loss-aware. Each case: loss type, the reports (changes to a healthy one), the signal each gets.
@@ -213,6 +248,8 @@ def test_the_search_stopper_judges_each_trial_by_its_own_loss_type():
     from distgan.spec.search import SearchSpec
 
     doc = json.loads((Path(__file__).parent / "data" / "traces" / "grid25_wgan_gp.json").read_text())
+    for e in doc["evals"]:  # the search metric, as the loop reports it with every eval
+        e["mixture_score"] = e["modes"] + e["high_quality"]
     search = SearchSpec(
         space={"loss.type": {"choice": ["nonsaturating", "wgan_gp"]}},
         metric="mixture_score",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import yaml
 from conftest import REPO, read_json, run_cli
 from mlflow.tracking import MlflowClient
 
 from distgan.commands import search
+from distgan.core import checkpoint
 from distgan.errors import InputError
+from distgan.runtime import tune
+from distgan.spec.search import SearchSpec
 from distgan.tracking.run import TrackingOptions
 
 
@@ -216,3 +221,137 @@ def test_image_search_reports_fd_and_picks_the_lowest(tmp_path, mlflow_server):
     assert {"classes_covered", "precision", "recall"} <= set(res["trials"][0]["metrics"])
     version = MlflowClient(mlflow_server.uri).get_model_version("digits-search", "1")
     assert float(version.tags["metric.fd_digits"]) == pytest.approx(fds[res["best"]]) and res["champion"] is True
+
+
+def test_trials_checkpoint_at_every_eval_and_only_then():
+    spec, s = search.load(REPO / "jobs" / "search-grid25.yaml")  # eval 250, checkpoint 500
+    trial = tune.trial_spec(spec.model_dump(mode="json"), {"optim.lr_g": 1.0e-3})
+    assert (trial.train.eval_every, trial.train.checkpoint_every, trial.optim.lr_g) == (250, 250, 1.0e-3)
+
+
+def test_the_stopper_counts_evals_only():
+    s = SearchSpec(space={"optim.lr_g": {"grid": [1.0e-3]}}, metric="mixture_score", mode="max")
+    s.stop.grace_evals, s.stop.patience_evals = 1, 1
+    stopper = tune.DivergenceStopper(s, n_modes=8)
+    losses = {"loss_d": 1.2, "loss_g": 0.8, "grad_norm_d": 1.0, "grad_norm_g": 1.0}
+    evals = {"mixture_score": 6.0, "modes": 6.0, "high_quality": 0.5}
+    reports = [losses | evals | {"step": 100}, losses | {"step": 150}, losses | {"step": 300}]
+    reports.append(losses | evals | {"step": 200})
+    # checkpoint-only reports (no metric) are neither grace nor patience: the second eval ends it
+    assert [stopper("t1", r) for r in reports] == [False, False, False, True]
+    assert stopper.monitors["t1"].evals == 2 and stopper.reasons == {"t1": "no_progress"}
+
+
+def _result(metrics, checkpoints=(), path="/runs/search/trial_a"):
+    ckpt = lambda p: SimpleNamespace(path=p)  # noqa: E731
+    return SimpleNamespace(
+        metrics=metrics,
+        path=path,
+        error=None,
+        config={"optim.lr_g": 1.0e-3},
+        checkpoint=ckpt(checkpoints[-1][0]) if checkpoints else None,
+        best_checkpoints=[(ckpt(p), m) for p, m in checkpoints],
+    )
+
+
+def test_a_trial_row_is_its_best_eval_with_that_evals_checkpoint():
+    s = SearchSpec(space={"optim.lr_g": {"grid": [1.0e-3]}}, metric="mixture_score", mode="max")
+    at = lambda step, score: {"trial_id": "a", "step": step, "mixture_score": score, "modes": score}  # noqa: E731
+    # one-worker trial: Tune holds its checkpoints with the metrics reported beside them
+    one = _result(at(400, 24.2), [("/c/200", at(200, 25.8)), ("/c/400", at(400, 24.2))])
+    (row,) = tune.trial_rows([one], {}, 400, s, {})
+    assert (row["steps"], row["eval_step"], row["checkpoint"]) == (400, 200, "/c/200")
+    assert row["metrics"]["mixture_score"] == 25.8 and row["metrics"]["modes"] == 25.8
+    # multi-worker trial: Tune holds no checkpoint; each eval forwarded its Train checkpoint's path
+    log = tune.TrialLog(print, {}, 400, "mixture_score", ["optim.lr_g"], "none")
+    trial = SimpleNamespace(trial_id="a", config={"optim.lr_g": 1.0e-3})
+    for step, score in [(200, 25.8), (400, 24.2)]:
+        log.on_trial_result(0, [], trial, at(step, score) | {"checkpoint_path": f"/t/{step}"})
+    multi = _result(at(400, 24.2) | {"checkpoint_path": "/t/400"})
+    (row,) = tune.trial_rows([multi], {}, 400, s, log.history, log.evals)
+    assert (row["steps"], row["eval_step"], row["checkpoint"], row["metrics"]["mixture_score"]) == (
+        400,
+        200,
+        "/t/200",
+        25.8,
+    )
+
+
+def _tiny_ring8(tmp_path, train: dict, scaling: dict | None = None, **search_keys) -> str:
+    path = tmp_path / "search.yaml"
+    tree = {
+        "base": str(REPO / "jobs" / "ring8.yaml"),
+        "model": {"g_hidden": [64, 64], "d_hidden": [64, 64]},
+        "train": {"batch_size": 64, "final_eval_seeds": 1, "storage_path": str(tmp_path / "runs"), **train},
+        "search": {
+            "space": {"optim.lr_g": {"grid": [5.0e-4]}},
+            "scheduler": "none",
+            "max_concurrent": 1,
+            "stop": {"grace_evals": 100, "patience_evals": 100},
+            **search_keys,
+        },
+    }
+    if scaling:
+        tree["scaling"] = scaling
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+@pytest.mark.cluster
+def test_checkpoints_between_evals_do_not_abort_a_search(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _tiny_ring8(tmp_path, {"steps": 300, "eval_every": 100, "checkpoint_every": 150})
+    spec, s = search.load(path)
+    res = search.search(spec, s, echo=lambda line: None, tracking=TrackingOptions(enabled=False)).to_json()
+    assert res["status"] == "finished"
+    (trial,) = res["trials"]
+    assert trial["stop_reason"] == "completed" and trial["steps"] == 300
+    assert [row["step"] for row in trial["history"]] == [100, 200, 300]  # evals only, each with its checkpoint
+    assert checkpoint.read(res["checkpoint"])["step"] == trial["eval_step"]
+
+
+@pytest.mark.cluster
+def test_two_worker_search_registers_the_generator_measured(tmp_path, mlflow_server):
+    path = _tiny_ring8(
+        tmp_path,
+        {"steps": 200, "eval_every": 50, "checkpoint_every": 100, "max_failures": 0},
+        {"workers": 2, "cpus_per_worker": 1},
+    )
+    out = tmp_path / "result.json"
+    r = run_cli(
+        "search",
+        path,
+        "--json-out",
+        str(out),
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--experiment",
+        "search-2w",
+        "--register",
+        "ring8-2w",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = read_json(out)
+    assert res["status"] == "finished" and res["model_uri"] == "models:/ring8-2w/1"
+    (best,) = [t for t in res["trials"] if t["trial_id"] == res["best"]]
+    assert best["steps"] == 200 and [row["step"] for row in best["history"]] == [50, 100, 150, 200]
+    # the registered generator was saved at the step its metrics were measured
+    measured = {row["step"]: row["mixture_score"] for row in best["history"]}
+    assert checkpoint.read(res["checkpoint"])["step"] == best["eval_step"]
+    assert best["metrics"]["mixture_score"] == pytest.approx(measured[best["eval_step"]])
+    assert best["metrics"]["mixture_score"] == max(measured.values())
+    version = MlflowClient(mlflow_server.uri).get_model_version("ring8-2w", "1")
+    for key in ("modes", "high_quality"):  # the version's tags: the measured numbers (mixture_score = their sum)
+        assert float(version.tags[f"metric.{key}"]) == pytest.approx(best["metrics"][key])
+
+
+def test_the_trial_log_pickles_even_when_print_was_swapped(monkeypatch):
+    # Ray's tqdm patch may replace builtins.print in the driver before the Tuner pickles its callbacks
+    import builtins
+    import pickle
+
+    log = tune.TrialLog(print, {}, 400, "mixture_score", ["optim.lr_g"], "none")
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: None)
+    assert pickle.loads(pickle.dumps(log)).keys == ["optim.lr_g"]

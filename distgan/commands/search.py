@@ -77,7 +77,7 @@ def search(
         best=best["trial_id"] if best else None,
         metrics=best["metrics"] if best else {},
         steps=sum(t["steps"] for t in trials),
-        checkpoint=best["checkpoint"] if best else None,
+        checkpoint=best["checkpoint"] if best else None,  # saved at best["eval_step"], where `metrics` were measured
         mlflow_run_id=parent.run_id if parent else None,
         wall_s=round(wall, 2),
     )
@@ -99,7 +99,7 @@ def _publish_best(
         uri,
         result.mlflow_run_id,
         generator,
-        registry.generator_meta(best_spec.model, info, "ema", best["steps"]),
+        registry.generator_meta(best_spec.model, info, "ema", best["eval_step"]),
         tracking.register,
         best["metrics"],
         tags={"dataset": spec.data.name, "job": result.name, "run_id": result.mlflow_run_id, "trial": best["trial_id"]},

@@ -20,8 +20,11 @@
 - `no_progress`    after `grace_evals`, none of the progress metrics (the search metric, or e.g. both
                    `modes` and `high_quality` for mixtures) set a new best for `patience_evals`;
 - `converged`      every target in `converged` is met (e.g. modes 25 and high_quality 0.8; a
-                   distance such as fd_digits is met at or below its target): the trial has
-                   nothing left to prove.
+                   distance such as fd_digits is met at or below its target) on two consecutive
+                   evals (one favourable eval is noise): the trial has nothing left to prove.
+
+`ranking_eval(evals, metric, mode)` is the eval a trial is ranked by (and whose checkpoint a search
+publishes): its best eval of the metric.
 
 `distgan.core.health` reads the same signals (the first four) during plain training.
 """
@@ -109,6 +112,7 @@ class TrialMonitor:
         self.best = {k: -math.inf for k in self.progress_keys}
         self.since_best = 0
         self.collapse = CollapseRule(rules, loss)
+        self.converged_run = 0  # consecutive evals meeting every `converged` target
 
     def update(self, m: dict) -> str | None:
         reasons = self.signals(m)
@@ -126,7 +130,9 @@ class TrialMonitor:
             out.append("grad_explosion")
         if self.collapse.update(m):
             out.append("d_collapse")
-        if r.converged and all(_reached(m.get(k), k, v) for k, v in r.converged.items()):
+        met = bool(r.converged) and all(_reached(m.get(k), k, v) for k, v in r.converged.items())
+        self.converged_run = self.converged_run + 1 if met else 0
+        if self.converged_run >= 2:
             out.append("converged")
         improved = False
         for key in self.progress_keys:
@@ -155,3 +161,19 @@ def _reached(value: float | None, metric: str, target: float) -> bool:
     if value is None or not math.isfinite(value):
         return False
     return value <= target if lower_is_better(metric) else value >= target
+
+
+def ranking_eval(evals: list[dict], metric: str, mode: str) -> dict | None:
+    """The eval (a dict with `step` and the metrics reported at it) that a trial is ranked by: its
+    best of `metric` (on a tie the later one); None when no eval measured it.
+
+    The best, not the last, so that an early stop neither flatters nor penalises a trial against
+    those that run on: a trial's best can only grow as it runs, so a stop never makes it look
+    better, and the stops end trials that no longer improve (`no_progress`: no new best for the
+    patience) or that sit at their targets (`converged`: met twice), which is what their best
+    already shows. The last would compare a stopped trial's frozen value with the others' values at
+    their end, while GAN metrics swing from eval to eval. A search publishes the checkpoint of this
+    very eval, so the generator registered is the one measured."""
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [e for e in evals if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])]
+    return max(scored, key=lambda e: (sign * e[metric], e["step"])) if scored else None

@@ -162,12 +162,21 @@ def train_loop_per_worker(config: dict) -> dict:
 
 
 def build_torch_trainer(
-    spec: JobSpec, info: DataInfo, record, storage_path: str, progress=None, datasets=None, callbacks=()
+    spec: JobSpec,
+    info: DataInfo,
+    record,
+    storage_path: str,
+    progress=None,
+    datasets=None,
+    callbacks=(),
+    keep_best: tuple[str, str] | None = None,
 ) -> TorchTrainer:
     """The TorchTrainer of one training run: `spec.scaling` workers running the loop, checkpoints
-    (the two newest) and worker-group restarts (`train.max_failures`) under `storage_path/<name>`.
+    (the two newest, or with `keep_best=(metric, "max"|"min")` the two best by that metric, and
+    always the newest) and worker-group restarts (`train.max_failures`) under `storage_path/<name>`.
     `record`: where rank 0 records (a `RecordTarget`), or None."""
     s = spec.scaling
+    metric, order = keep_best or (None, "max")
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -186,7 +195,9 @@ def build_torch_trainer(
             name=spec.train.name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=order
+            ),
             logging_config=LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": worker_env()},
             callbacks=list(callbacks),

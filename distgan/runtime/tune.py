@@ -5,6 +5,10 @@ Each trial is one training run. A one-worker trial runs `distgan.core.loop.run` 
 (no TorchTrainer start per trial); a multi-worker trial fits a TorchTrainer (built by
 `distgan.runtime.ray_train`) whose rank-0 reports reach Tune through `TuneReportCallback`. The
 divergence stopper and ASHA/PBT end bad trials early; every ended trial records why (`stop_reason`).
+
+Trials checkpoint at every eval and only then, so every report carries the search metric, and a
+trial is ranked by one eval (`distgan.core.stopping.ranking_eval`) whose own checkpoint the search
+publishes: the generator registered is the one measured.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from pathlib import Path
 import ray
 import torch
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from distgan.core import loop
-from distgan.core.stopping import TrialMonitor
+from distgan.core.stopping import TrialMonitor, ranking_eval
 from distgan.data import DataInfo
 from distgan.metrics import names
 from distgan.runtime import ray_train
@@ -60,10 +64,22 @@ class TuneSession:
         pass  # the search prints one line per ended trial instead
 
 
-def trial_fn(config: dict, base: dict, info: dict, parent=None, dataset=None) -> None:
-    """One trial: the job spec with `config` applied, trained by the same loop. `parent`: the
-    search's record (opaque here; it comes from the tracking layer), which makes this trial's."""
+def trial_spec(base: dict, config: dict) -> JobSpec:
+    """A trial's job spec: the base with `config` applied, checkpointing at every eval and only then
+    (a report without the search metric would abort Tune; a checkpoint without an eval would be a
+    generator nobody measured)."""
     spec = validate_spec(apply_config(base, config), "trial")
+    spec.train.checkpoint_every = spec.train.eval_every
+    return spec
+
+
+def trial_fn(
+    config: dict, base: dict, info: dict, parent=None, dataset=None, metric: str | None = None, mode: str = "max"
+) -> None:
+    """One trial: the job spec with `config` applied, trained by the same loop. `parent`: the
+    search's record (opaque here; it comes from the tracking layer), which makes this trial's.
+    `metric`/`mode`: the search's, by which a multi-worker trial's Train run keeps its best checkpoints."""
+    spec = trial_spec(base, config)
     ctx = tune.get_context()
     spec.train.name = ctx.get_trial_id()
     record_dir = ctx.get_trial_dir() + "/distgan"
@@ -74,8 +90,16 @@ def trial_fn(config: dict, base: dict, info: dict, parent=None, dataset=None) ->
         loop.run(spec, info, session, target.open(session.progress) if target else None)
         return
     datasets = {"train": dataset} if dataset is not None else None
+    # TuneReportCallback forwards each Train checkpoint's path (`checkpoint_path`), not a Tune
+    # checkpoint: the trial's rows take it from there. Train keeps the best two by the metric.
     trainer = ray_train.build_torch_trainer(
-        spec, info, target, ctx.get_trial_dir(), datasets=datasets, callbacks=[TuneReportCallback()]
+        spec,
+        info,
+        target,
+        ctx.get_trial_dir(),
+        datasets=datasets,
+        callbacks=[TuneReportCallback()],
+        keep_best=(metric, mode) if metric else None,
     )
     trainer.fit()
 
@@ -92,19 +116,20 @@ def tune_space(search: SearchSpec) -> dict:
 
 
 class DivergenceStopper(tune.Stopper):
-    """Feeds every report to its trial's monitor; remembers why it stopped each trial."""
+    """Feeds every eval (a report carrying the search metric) to its trial's monitor; remembers why
+    it stopped each trial. Reports without the metric count for neither grace nor patience."""
 
-    def __init__(self, search: SearchSpec, n_modes: int | None, loss: str):
+    def __init__(self, search: SearchSpec, n_modes: int | None, loss: str | None = None):
         self.search, self.n_modes, self.loss = search, n_modes, loss
         self.monitors: dict[str, TrialMonitor] = {}
         self.reasons: dict[str, str] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        if "loss_d" not in result:
+        s = self.search
+        if s.metric not in result or "loss_d" not in result:
             return False
         monitor = self.monitors.get(trial_id)
         if monitor is None:
-            s = self.search
             progress = ["modes", "high_quality"] if s.metric == names.MIXTURE_SCORE else None
             loss = (result.get("config") or {}).get("loss.type", self.loss)  # the trial's own: the space may draw it
             monitor = self.monitors[trial_id] = TrialMonitor(s.stop, s.metric, s.mode, progress, self.n_modes, loss)
@@ -138,15 +163,24 @@ def scheduler(search: SearchSpec, space: dict, total_steps: int):
 
 class TrialLog(tune.Callback):
     """Keeps every trial's reports (step, metric, learning rates in use, the config at that point:
-    PBT changes it) and prints one line per ended trial (Tune's own status table is off)."""
+    PBT changes it) and prints one line per ended trial (Tune's own status table is off). `evals`:
+    every report's numbers with the Train checkpoint path it forwarded (multi-worker trials)."""
 
     def __init__(self, echo, reasons: dict, total_steps: int, metric: str, keys: list[str], scheduler_name: str):
         self.echo, self.reasons, self.total_steps = echo, reasons, total_steps
         self.metric, self.keys, self.scheduler_name = metric, keys, scheduler_name
         self.history: dict[str, list[dict]] = {}
+        self.evals: dict[str, list[dict]] = {}
+
+    def __getstate__(self) -> dict:
+        # The Tuner pickles its callbacks (for a restore) and `echo` may be `print`, which Ray's tqdm
+        # patch can swap out of `builtins` first ("Can't pickle <built-in function print>"): the
+        # copy goes without it; this object, not the copy, is the one that echoes.
+        return self.__dict__ | {"echo": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "step" in result:
+            self.evals.setdefault(trial.trial_id, []).append(_eval(result, result.get(CHECKPOINT_PATH_KEY)))
             self.history.setdefault(trial.trial_id, []).append(
                 {
                     "step": int(result["step"]),
@@ -194,12 +228,21 @@ def fit_trials(
     """Run every trial; returns (their rows, sorted by trial id; wall seconds)."""
     space = tune_space(search)
     trainable = tune.with_parameters(
-        trial_fn, base=spec.model_dump(mode="json"), info=info.__dict__, parent=parent, dataset=dataset
+        trial_fn,
+        base=spec.model_dump(mode="json"),
+        info=info.__dict__,
+        parent=parent,
+        dataset=dataset,
+        metric=search.metric,
+        mode=search.mode,
     )
     # One-worker trials are the worker: 1 CPU each. A multi-worker trial's own process holds no
-    # CPU, or it would starve the Train workers it launches on a small machine (deadlock).
+    # CPU, or it would starve the Train workers it launches on a small machine (deadlock); Ray
+    # refuses a request of nothing at all, so it asks for one byte of memory instead.
     per_trial = (
-        {"cpu": spec.scaling.cpus_per_worker, "gpu": int(spec.scaling.gpu)} if spec.scaling.workers == 1 else {"cpu": 0}
+        {"cpu": spec.scaling.cpus_per_worker, "gpu": int(spec.scaling.gpu)}
+        if spec.scaling.workers == 1
+        else {"cpu": 0, "memory": 1}
     )
     # Tune's new console output ignores verbose=0; the legacy one honours it (our lines suffice)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -221,10 +264,15 @@ def fit_trials(
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    return trial_rows(grid, reasons, spec.train.steps, search, log.history), wall
+    return trial_rows(grid, reasons, spec.train.steps, search, log.history, log.evals), wall
 
 
-def trial_rows(grid, reasons: dict, total_steps: int, search: SearchSpec, history: dict) -> list[dict]:
+def trial_rows(
+    grid, reasons: dict, total_steps: int, search: SearchSpec, history: dict, evals: dict | None = None
+) -> list[dict]:
+    """One row per trial: `metrics` and `checkpoint` of the eval it is ranked by (`eval_step`), from
+    the checkpoints Tune holds (one-worker trials) or the Train checkpoint paths its reports
+    forwarded (`evals`, multi-worker trials); `steps`: how far it trained."""
     rows = []
     for result in grid:
         m = dict(result.metrics or {})
@@ -232,24 +280,34 @@ def trial_rows(grid, reasons: dict, total_steps: int, search: SearchSpec, histor
         reason = reasons.get(trial_id) or (
             reason_without_stopper(m, total_steps, search.scheduler) if result.error is None else "failed"
         )
-        metrics = {
-            k: (v if math.isfinite(v) else None)
-            for k, v in m.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and names.is_reported(k)
-        }
+        saved = [_eval(cm, c.path) for c, cm in result.best_checkpoints or []]
+        saved += [e for e in (evals or {}).get(trial_id, []) if e["checkpoint"]]
+        ranked = ranking_eval(saved, search.metric, search.mode)
+        metrics = {k: v for k, v in (ranked or _eval(m, None)).items() if k not in ("step", "checkpoint")}
         config = {k: _plain(v) for k, v in (result.config or {}).items() if k in search.space}
         rows.append(
             {
                 "trial_id": trial_id,
                 "config": config,
-                "metrics": metrics,
+                "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
                 "steps": int(m.get("step", 0)),
+                "eval_step": ranked["step"] if ranked else None,
                 "stop_reason": reason,
-                "checkpoint": result.checkpoint.path if result.checkpoint else None,
+                "checkpoint": ranked["checkpoint"] if ranked else None,
                 "history": history.get(trial_id, []),
             }
         )
     return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def _eval(m: dict, checkpoint: str | None) -> dict:
+    """One report as an eval: the numbers the loop reported, its step, its checkpoint (or None)."""
+    numbers = {
+        k: float(v)
+        for k, v in m.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and names.is_reported(k)
+    }
+    return numbers | {"step": int(m.get("step", 0)), "checkpoint": checkpoint}
 
 
 def _plain(v):
@@ -262,6 +320,7 @@ def _finite(v):
 
 
 def best_trial(trials: list[dict], search: SearchSpec) -> dict | None:
+    """The trial whose ranked eval (`metrics`, at `eval_step`, with its checkpoint) is best."""
     scored = [
         t
         for t in trials

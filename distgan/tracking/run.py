@@ -155,7 +155,14 @@ def record_search(parent: SearchRun, trials: list[dict], best: dict | None, metr
             client.set_tag(run.info.run_id, "stop_reason", reason)
             client.set_terminated(run.info.run_id, "FINISHED" if reason not in ("failed", "diverged_nan") else "FAILED")
     rows = [
-        {"trial_id": t["trial_id"], **t["config"], **t["metrics"], "steps": t["steps"], "stop_reason": t["stop_reason"]}
+        {
+            "trial_id": t["trial_id"],
+            **t["config"],
+            **t["metrics"],
+            "eval_step": t["eval_step"],  # where `metrics` were measured (and the trial's checkpoint saved)
+            "steps": t["steps"],
+            "stop_reason": t["stop_reason"],
+        }
         for t in trials
     ]
     table = pd.DataFrame(rows)
@@ -173,7 +180,7 @@ def record_search(parent: SearchRun, trials: list[dict], best: dict | None, metr
         now = int(time.time() * 1000)
         client.log_batch(
             parent.run_id,
-            metrics=[Metric(k, v, now, best["steps"]) for k, v in best["metrics"].items() if v is not None],
+            metrics=[Metric(k, v, now, best["eval_step"]) for k, v in best["metrics"].items() if v is not None],
         )
         client.set_tag(parent.run_id, "best_trial", best["trial_id"])
 
