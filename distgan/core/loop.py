@@ -106,17 +106,13 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     torch.manual_seed(t.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
     G, D = models.build(spec.model, info.sample_shape)
     G, D = session.prepare_model(G), session.prepare_model(D)
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    bf16 = use_bf16(t.precision, spec.model.arch, device)
     eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, device, bf16, spec.augment.policy)
 
     start = 0
     ckpt = session.latest_checkpoint()
     if ckpt is not None:
-        state = torch.load(ckpt / checkpoint.CHECKPOINT_FILE, map_location=device, weights_only=True)
-        eng.load_state_dict(state["engine"])
-        start = state["step"]
-        rng = state["rng"]
-        torch.set_rng_state(rng[rank] if len(rng) == world else rng[0])
+        start = resume(ckpt, eng, rank, world, t.seed, device)
         # The spec's learning rates win over the checkpoint's: after a PBT exploit the spec holds
         # the mutated values, while the loaded optimizer state holds the donor's.
         eng.set_lrs(spec.optim.lr_g, spec.optim.lr_d)
@@ -187,13 +183,36 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     }
 
 
+def use_bf16(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> bool:
+    """Whether the step runs under bf16 autocast."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def rng_state(device: torch.device):
+    """This rank's RNG state, as the checkpoint keeps it (one per rank)."""
+    return torch.get_rng_state()
+
+
+def restore_rng(saved: list, rank: int, world: int, seed: int, step: int, device: torch.device) -> None:
+    """Put back this rank's RNG state from a checkpoint's per-rank states."""
+    torch.set_rng_state(saved[rank] if len(saved) == world else saved[0])
+
+
+def resume(ckpt: Path, eng: engine.Engine, rank: int, world: int, seed: int, device: torch.device) -> int:
+    """Load a checkpoint into `eng` and this rank's RNG; the step it was taken at."""
+    state = torch.load(ckpt / checkpoint.CHECKPOINT_FILE, map_location=device, weights_only=True)
+    eng.load_state_dict(state["engine"])
+    restore_rng(state["rng"], rank, world, seed, state["step"], device)
+    return state["step"]
+
+
 def _report(
     session: Session, eng: engine.Engine, step: int, metrics: dict, save: bool, rank: int, spec: JobSpec
 ) -> None:
     if not save:
         session.report(metrics | {"step": step}, None)
         return
-    rng = gather(torch.get_rng_state())
+    rng = gather(rng_state(eng.device))
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
             checkpoint.write(
