@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from distgan import data
-from distgan.core import checkpoint, loop
+from distgan import data, models
+from distgan.core import checkpoint, engine, loop
 from distgan.spec.job import load_spec
 from distgan.tracking.record import RunRecord
 
@@ -82,3 +83,52 @@ def test_a_diverging_run_ends_diverged_and_keeps_the_last_good_checkpoint(tmp_pa
     assert session.reports[-1]["step"] == result["steps"]
     newest = checkpoint.read(session.latest_checkpoint())
     assert newest["step"] < result["steps"]  # the diverged state was never saved
+
+
+def _checkpointed_run(tmp_path):
+    """A 30-step run with one checkpoint; its state (read on the CPU) and its directory."""
+    _, session = _run(tmp_path, 30)
+    ckpt = session.latest_checkpoint()
+    return checkpoint.read(ckpt), ckpt
+
+
+def test_resume_loads_on_the_cpu_whatever_the_device(tmp_path):
+    # The checkpoint's RNG states must reach torch.set_rng_state as CPU ByteTensors, and the engine
+    # state the engine's own device, whatever device the run is on ("meta" stands in for CUDA here).
+    state, ckpt = _checkpointed_run(tmp_path)
+    spec = load_spec(None, [*SMALL, "train.steps=30"])
+    G, D = models.build(spec.model, (2,))
+    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, torch.device("cpu"))
+    torch.manual_seed(123)
+    assert loop.resume(ckpt, eng, 0, 1, spec.train.seed, torch.device("meta")) == 30
+    assert torch.equal(torch.get_rng_state(), _cpu_state(state["rng"][0]))
+    for name, value in G.state_dict().items():
+        assert value.device.type == "cpu" and torch.equal(value, state["engine"]["G"][name]), name
+
+
+def _cpu_state(saved):
+    return saved if isinstance(saved, torch.Tensor) else saved["cpu"]
+
+
+def _draws(saved: list, rank: int, world: int, step: int = 30) -> torch.Tensor:
+    loop.restore_rng(saved, rank, world, seed=0, step=step, device=torch.device("cpu"))
+    return torch.randn(8)
+
+
+def test_restore_rng_gives_each_rank_its_own_stream():
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)
+    one = loop.rng_state(cpu)
+    torch.manual_seed(2)
+    two = loop.rng_state(cpu)
+    # same world: each rank continues exactly where it was
+    for rank, seed in enumerate((1, 2)):
+        torch.manual_seed(seed)
+        expected = torch.randn(8)
+        assert torch.equal(_draws([one, two], rank, 2), expected)
+    # another world size: every rank its own stream, a pure function of (seed, step, rank)
+    draws = [_draws([one], rank, 3) for rank in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert not torch.equal(draws[0], draws[2])
+    assert torch.equal(draws[1], _draws([two, one], 1, 3))
+    assert not torch.equal(draws[1], _draws([one], 1, 3, step=60))

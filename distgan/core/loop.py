@@ -7,6 +7,7 @@ be run and tested without Ray or MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -117,7 +118,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         # the mutated values, while the loaded optimizer state holds the donor's.
         eng.set_lrs(spec.optim.lr_g, spec.optim.lr_d)
     else:
-        torch.manual_seed(t.seed * 1_000_003 + rank)  # each rank its own latents
+        torch.manual_seed(rank_seed(t.seed, rank))  # each rank its own latents
     if dist.is_initialized():
         dist.barrier()  # all ranks loaded before anyone trains
 
@@ -188,19 +189,45 @@ def use_bf16(precision: str, arch: str, device: torch.device, bf16_supported: bo
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
-def rng_state(device: torch.device):
-    """This rank's RNG state, as the checkpoint keeps it (one per rank)."""
-    return torch.get_rng_state()
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of one rank's RNG from `step` on: distinct per (seed, step, rank)."""
+    if step == 0:
+        return seed * 1_000_003 + rank  # a fresh run (kept as it was: same seed, same run)
+    digest = hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's RNG state, as the checkpoint keeps it (one per rank): the CPU generator's, and
+    the CUDA generator's when the run is on a GPU (the latents are drawn there)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def restore_rng(saved: list, rank: int, world: int, seed: int, step: int, device: torch.device) -> None:
-    """Put back this rank's RNG state from a checkpoint's per-rank states."""
-    torch.set_rng_state(saved[rank] if len(saved) == world else saved[0])
+    """Put back this rank's RNG state from a checkpoint's per-rank states (CPU tensors).
+
+    With another world size, or without a state for the device the latents come from (a CPU
+    checkpoint resumed on a GPU), there is no state of this rank to continue: every rank is seeded
+    from (seed, step, rank), so no two ranks draw the same latents."""
+    mine = saved[rank] if len(saved) == world else None
+    if isinstance(mine, torch.Tensor):  # checkpoints from before the device state was kept
+        mine = {"cpu": mine}
+    if mine is None or (device.type == "cuda" and "cuda" not in mine):
+        torch.manual_seed(rank_seed(seed, rank, step))  # the CPU's and every GPU's generator
+        return
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], device)
 
 
 def resume(ckpt: Path, eng: engine.Engine, rank: int, world: int, seed: int, device: torch.device) -> int:
     """Load a checkpoint into `eng` and this rank's RNG; the step it was taken at."""
-    state = torch.load(ckpt / checkpoint.CHECKPOINT_FILE, map_location=device, weights_only=True)
+    # Read on the CPU: RNG states must stay CPU ByteTensors; load_state_dict copies the engine's
+    # tensors onto the device its modules and optimizer states live on.
+    state = checkpoint.read(ckpt)
     eng.load_state_dict(state["engine"])
     restore_rng(state["rng"], rank, world, seed, state["step"], device)
     return state["step"]
