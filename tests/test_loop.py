@@ -132,3 +132,14 @@ def test_restore_rng_gives_each_rank_its_own_stream():
     assert not torch.equal(draws[0], draws[2])
     assert torch.equal(draws[1], _draws([two, one], 1, 3))
     assert not torch.equal(draws[1], _draws([one], 1, 3, step=60))
+
+
+def test_auto_precision_is_bf16_only_for_conv_nets_on_a_bf16_gpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not loop.use_bf16("auto", "mlp", cuda, bf16_supported=True)  # 2-D points: bf16 quantises them
+    assert loop.use_bf16("auto", "dcgan", cuda, bf16_supported=True)
+    assert loop.use_bf16("auto", "resnet", cuda, bf16_supported=True)
+    assert not loop.use_bf16("auto", "dcgan", cuda, bf16_supported=False)
+    assert not loop.use_bf16("auto", "dcgan", cpu, bf16_supported=True)
+    assert not loop.use_bf16("fp32", "dcgan", cuda, bf16_supported=True)
+    assert loop.use_bf16("bf16", "mlp", cpu, bf16_supported=False)  # asked for: honoured

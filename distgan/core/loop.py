@@ -184,9 +184,18 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     }
 
 
+CONV_ARCHS = ("dcgan", "resnet")
+
+
 def use_bf16(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> bool:
-    """Whether the step runs under bf16 autocast."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """Whether the step runs under bf16 autocast: when asked for, or with `auto` for conv nets on a
+    GPU that has bf16. Never by default for the mlp: its inputs are 2-D points or vectors, and bf16's
+    8-bit mantissa quantises them (a mixture mode's std of 0.01 at radius 1 is a few bf16 steps)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if arch not in CONV_ARCHS or device.type != "cuda":
+        return False
+    return torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
 
 
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:
