@@ -143,3 +143,26 @@ def test_auto_precision_is_bf16_only_for_conv_nets_on_a_bf16_gpu():
     assert not loop.use_bf16("auto", "dcgan", cpu, bf16_supported=True)
     assert not loop.use_bf16("fp32", "dcgan", cuda, bf16_supported=True)
     assert loop.use_bf16("bf16", "mlp", cpu, bf16_supported=False)  # asked for: honoured
+
+
+IMAGE = [
+    "data.name=digits",
+    "model.arch=dcgan",
+    "model.base_channels=8",
+    "model.latent_dim=16",
+    "train.batch_size=32",
+    "train.eval_every=10",
+    "train.checkpoint_every=10",
+    "train.eval_samples=100",
+    "metrics.final_samples=100",
+    "metrics.reference_samples=200",
+]
+
+
+def test_a_diverging_image_run_ends_diverged(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "batches", _poisoned_after(15))
+    result, session = _run(tmp_path, 100, *IMAGE)
+    assert result["status"] == "diverged" and result["steps"] == 20
+    assert checkpoint.read(session.latest_checkpoint())["step"] == 10
+    assert "fd_digits" not in session.reports[-1]  # the NaN generator is not evaluated

@@ -148,7 +148,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         metrics |= {"step_time": elapsed / interval_steps, "img_per_s": interval_steps * t.batch_size / elapsed}
         metrics |= {"lr_g": eng.opt_g.param_groups[0]["lr"], "lr_d": eng.opt_d.param_groups[0]["lr"]}
         diverged = any_rank(not all(np.isfinite(list(metrics.values()))), device)
-        if evaluate:
+        if evaluate and not diverged:  # a NaN generator has nothing to measure (and FD would raise)
             # A collective for image metrics (each rank samples its share); the numbers land on rank 0.
             eval_start = time.perf_counter()
             metrics |= evaluator.evaluate(eng.G_ema, step, final=step == t.steps, record=record)
