@@ -166,3 +166,19 @@ def test_a_diverging_image_run_ends_diverged(tmp_path, monkeypatch):
     assert result["status"] == "diverged" and result["steps"] == 20
     assert checkpoint.read(session.latest_checkpoint())["step"] == 10
     assert "fd_digits" not in session.reports[-1]  # the NaN generator is not evaluated
+
+
+def test_a_resume_replaces_the_rows_of_the_dead_trajectory(tmp_path, monkeypatch):
+    def die_at_50(step, rank):
+        if step == 50:
+            raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(loop, "_maybe_fail", die_at_50)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        _run(tmp_path, 60, "optim.lr_g=1e-4")  # recorded 20 and 40, checkpointed 30, died at 50
+    assert _recorded_steps(tmp_path) == [20, 40]
+    monkeypatch.undo()
+    result, _ = _run(tmp_path, 60, "optim.lr_g=2e-4")  # resumes from 30, with the spec's new lr
+    assert result["resumed_from"] == 30
+    rows = [json.loads(line) for line in (tmp_path / "run/distgan/metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr_g"]) for r in rows] == [(20, 1e-4), (40, 2e-4), (60, 2e-4)]

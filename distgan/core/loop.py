@@ -48,6 +48,7 @@ class Recorder(Protocol):
 
     def log_spec(self, spec: dict) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def truncate_after(self, step: int) -> None: ...  # drop local rows past `step` (a resume replays them)
     def log_image(self, png: bytes, name: str) -> None: ...
     def metric_history(self) -> list[dict]: ...
     def close(self) -> int: ...
@@ -125,8 +126,11 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     per_worker_batch = t.batch_size // world
     # Re-seed the data stream on resume; a stream's position is not worth checkpointing.
     stream = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
-    if record is not None and start == 0:
-        record.log_spec(spec.model_dump(mode="json"))
+    if record is not None:
+        # Rows past the checkpoint belong to the attempt that died; this one replays those steps.
+        record.truncate_after(start)
+        if start == 0:
+            record.log_spec(spec.model_dump(mode="json"))
     evaluator = Evaluator(spec, info, device, rank, world, gather)
 
     totals: dict[str, float] = {}
