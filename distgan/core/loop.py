@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from distgan import data, models
 from distgan.core import checkpoint, engine
-from distgan.core.dist import any_rank, gather, parameter_digest
+from distgan.core.dist import any_rank, average_buffers, gather, parameter_digest
 from distgan.core.evaluator import Evaluator
 from distgan.data import DataInfo
 from distgan.spec.job import JobSpec
@@ -152,6 +152,8 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         metrics |= {"step_time": elapsed / interval_steps, "img_per_s": interval_steps * t.batch_size / elapsed}
         metrics |= {"lr_g": eng.opt_g.param_groups[0]["lr"], "lr_d": eng.opt_d.param_groups[0]["lr"]}
         diverged = any_rank(not all(np.isfinite(list(metrics.values()))), device)
+        # Every rank evaluates and saves the same G, D and EMA-G, BatchNorm running stats included.
+        average_buffers(G, D, eng.G_ema)
         if evaluate and not diverged:  # a NaN generator has nothing to measure (and FD would raise)
             # A collective for image metrics (each rank samples its share); the numbers land on rank 0.
             eval_start = time.perf_counter()
@@ -171,7 +173,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
     undelivered = record.close() if record is not None else 0
-    digests = gather((parameter_digest(G), parameter_digest(D)))
+    digests = gather((parameter_digest(G), parameter_digest(D), parameter_digest(eng.G_ema)))
     if step == start and record is not None:  # resumed at the end: report the recorded final metrics
         history = record.metric_history()
         metrics = history[-1] if history else {}
@@ -183,7 +185,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         "metrics": metrics,
         "ranks_in_sync": all(d == digests[0] for d in digests),
         "tracking_undelivered": undelivered,
-        "param_digests": [{"G": g, "D": d} for g, d in digests],
+        "param_digests": [{"G": g, "D": d, "G_ema": g_ema} for g, d, g_ema in digests],
         "node_ids": gather(session.node_id),
     }
 
