@@ -187,3 +187,13 @@ def test_bad_data_via_cli_exits_2(tmp_path):
     )
     assert r.returncode == 2 and "parquet has 10 rows: 10 per worker, fewer than the per-worker batch 512" in r.stderr
     assert not (tmp_path / "distgan_runs").exists()
+
+
+@pytest.mark.parametrize("name", ["grid25", "digits"])
+def test_data_seed_seeds_the_builtin_draws(name):
+    def first(seed: int) -> torch.Tensor:
+        spec = DataSpec(name=name, seed=seed)
+        return next(data.batches(spec, data.inspect(spec), 64, rank=0, world=1, seed=0))
+
+    assert torch.equal(first(0), first(0)) and torch.equal(first(1), first(1))
+    assert not torch.equal(first(0), first(1))

@@ -130,3 +130,14 @@ def test_image_quality_names_its_network():
         "class_kl",
     } == set(q)
     assert "classes_covered" not in image_quality(rng.normal(size=(500, 8)), rng.normal(size=(500, 8)), "mine")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_image_quality_of_non_finite_features_is_nan(bad):
+    rng = np.random.default_rng(6)
+    real, fake = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
+    fake[3, 2] = bad  # a diverged generator
+    q = image_quality(real, fake, "digits", np.zeros(200, int), np.zeros(200, int), 10)
+    assert set(q) == set(image_quality(real, real, "digits", np.zeros(200, int), np.zeros(200, int), 10))
+    assert all(np.isnan(v) for v in q.values())
+    assert all(np.isnan(v) for v in image_quality(real, np.full_like(fake, np.nan), "mine").values())

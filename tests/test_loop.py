@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import REPO
 
-from distgan import data
-from distgan.core import checkpoint, loop
+from distgan import data, models
+from distgan.core import checkpoint, engine, loop
 from distgan.spec.job import load_spec
 from distgan.tracking.record import RunRecord
 
@@ -102,3 +103,102 @@ def test_the_health_monitor_names_the_classic_failure_and_can_stop_the_run(tmp_p
 def test_a_healthy_run_reports_ok(tmp_path):
     result, _ = _run(tmp_path, 60)
     assert result["health"] == "ok"
+
+
+def _checkpointed_run(tmp_path):
+    """A 30-step run with one checkpoint; its state (read on the CPU) and its directory."""
+    _, session = _run(tmp_path, 30)
+    ckpt = session.latest_checkpoint()
+    return checkpoint.read(ckpt), ckpt
+
+
+def test_resume_loads_on_the_cpu_whatever_the_device(tmp_path):
+    # The checkpoint's RNG states must reach torch.set_rng_state as CPU ByteTensors, and the engine
+    # state the engine's own device, whatever device the run is on ("meta" stands in for CUDA here).
+    state, ckpt = _checkpointed_run(tmp_path)
+    spec = load_spec(None, [*SMALL, "train.steps=30"])
+    G, D = models.build(spec.model, (2,))
+    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, torch.device("cpu"))
+    torch.manual_seed(123)
+    assert loop.resume(ckpt, eng, 0, 1, spec.train.seed, torch.device("meta")) == 30
+    assert torch.equal(torch.get_rng_state(), _cpu_state(state["rng"][0]))
+    for name, value in G.state_dict().items():
+        assert value.device.type == "cpu" and torch.equal(value, state["engine"]["G"][name]), name
+
+
+def _cpu_state(saved):
+    return saved if isinstance(saved, torch.Tensor) else saved["cpu"]
+
+
+def _draws(saved: list, rank: int, world: int, step: int = 30) -> torch.Tensor:
+    loop.restore_rng(saved, rank, world, seed=0, step=step, device=torch.device("cpu"))
+    return torch.randn(8)
+
+
+def test_restore_rng_gives_each_rank_its_own_stream():
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)
+    one = loop.rng_state(cpu)
+    torch.manual_seed(2)
+    two = loop.rng_state(cpu)
+    # same world: each rank continues exactly where it was
+    for rank, seed in enumerate((1, 2)):
+        torch.manual_seed(seed)
+        expected = torch.randn(8)
+        assert torch.equal(_draws([one, two], rank, 2), expected)
+    # another world size: every rank its own stream, a pure function of (seed, step, rank)
+    draws = [_draws([one], rank, 3) for rank in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert not torch.equal(draws[0], draws[2])
+    assert torch.equal(draws[1], _draws([two, one], 1, 3))
+    assert not torch.equal(draws[1], _draws([one], 1, 3, step=60))
+
+
+def test_auto_precision_is_bf16_only_for_conv_nets_on_a_bf16_gpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not loop.use_bf16("auto", "mlp", cuda, bf16_supported=True)  # 2-D points: bf16 quantises them
+    assert loop.use_bf16("auto", "dcgan", cuda, bf16_supported=True)
+    assert loop.use_bf16("auto", "resnet", cuda, bf16_supported=True)
+    assert not loop.use_bf16("auto", "dcgan", cuda, bf16_supported=False)
+    assert not loop.use_bf16("auto", "dcgan", cpu, bf16_supported=True)
+    assert not loop.use_bf16("fp32", "dcgan", cuda, bf16_supported=True)
+    assert loop.use_bf16("bf16", "mlp", cpu, bf16_supported=False)  # asked for: honoured
+
+
+IMAGE = [
+    "data.name=digits",
+    "model.arch=dcgan",
+    "model.base_channels=8",
+    "model.latent_dim=16",
+    "train.batch_size=32",
+    "train.eval_every=10",
+    "train.checkpoint_every=10",
+    "train.eval_samples=100",
+    "metrics.final_samples=100",
+    "metrics.reference_samples=200",
+]
+
+
+def test_a_diverging_image_run_ends_diverged(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "batches", _poisoned_after(15))
+    result, session = _run(tmp_path, 100, *IMAGE)
+    assert result["status"] == "diverged" and result["steps"] == 20
+    assert checkpoint.read(session.latest_checkpoint())["step"] == 10
+    assert "fd_digits" not in session.reports[-1]  # the NaN generator is not evaluated
+
+
+def test_a_resume_replaces_the_rows_of_the_dead_trajectory(tmp_path, monkeypatch):
+    def die_at_50(step, rank):
+        if step == 50:
+            raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(loop, "_maybe_fail", die_at_50)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        _run(tmp_path, 60, "optim.lr_g=1e-4")  # recorded 20 and 40, checkpointed 30, died at 50
+    assert _recorded_steps(tmp_path) == [20, 40]
+    monkeypatch.undo()
+    result, _ = _run(tmp_path, 60, "optim.lr_g=2e-4")  # resumes from 30, with the spec's new lr
+    assert result["resumed_from"] == 30
+    rows = [json.loads(line) for line in (tmp_path / "run/distgan/metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr_g"]) for r in rows] == [(20, 1e-4), (40, 2e-4), (60, 2e-4)]

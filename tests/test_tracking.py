@@ -308,15 +308,22 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     assert np.allclose(preds["many"], expected, atol=1e-5) and np.allclose(preds["one"], expected[:1], atol=1e-5)
 
 
-def test_run_record_writes_each_step_once_across_resumes(tmp_path):
+def test_run_record_keeps_the_resumed_trajectory(tmp_path):
     record = RunRecord(tmp_path / "rec")
     for step in (10, 20, 30):
         record.log_metrics({"loss_d": float(step)}, step)
-    # a resume from the step-10 checkpoint re-measures 20 and 30: they are not written again
+    # a resume from the step-10 checkpoint re-measures 20 and 30: the new values replace the dead
+    # trajectory's, and each step still appears once
     record = RunRecord(tmp_path / "rec")
+    record.truncate_after(10)
+    assert [r["step"] for r in record.metric_history()] == [10]
     for step in (20, 30, 40):
         record.log_metrics({"loss_d": -float(step)}, step)
     rows = record.metric_history()
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
-    assert [r["loss_d"] for r in rows] == [10.0, 20.0, 30.0, -40.0]
+    assert [r["loss_d"] for r in rows] == [10.0, -20.0, -30.0, -40.0]
+    record.log_metrics({"loss_d": 0.0}, 40)  # a step already recorded in this attempt is not written twice
+    assert [r["step"] for r in record.metric_history()] == [10, 20, 30, 40]
+    record.truncate_after(0)  # restarted before any checkpoint: nothing of the dead attempt stays
+    assert record.metric_history() == []
     assert record.close() == 0

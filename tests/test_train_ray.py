@@ -298,3 +298,41 @@ def test_the_console_shows_distgan_lines_only(tmp_path):
     r = run_cli("-q", *args, "--name", "quiet", cwd=tmp_path)
     assert r.returncode == 0 and r.stderr.strip() == ""
     assert [line.split(":")[0] for line in r.stdout.strip().splitlines()] == ["finished"]
+
+
+def test_dcgan_two_workers_hold_the_same_batchnorm_buffers(tmp_path):
+    # BatchNorm running stats are per rank during training (forward_sync_buffers=False); they are
+    # averaged before every eval and checkpoint, so G, D and EMA-G match bitwise, buffers included.
+    out = tmp_path / "result.json"
+    settings = {
+        "data.name": "digits",
+        "model.arch": "dcgan",
+        "model.base_channels": 8,
+        "model.latent_dim": 16,
+        "train.batch_size": 32,
+        "train.steps": 10,
+        "train.eval_every": 5,
+        "train.checkpoint_every": 10,
+        "train.eval_samples": 64,
+        "metrics.final_samples": 64,
+        "metrics.reference_samples": 200,
+        "train.storage_path": tmp_path,
+    }
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    r = run_cli(
+        "train",
+        "--workers",
+        "2",
+        "--json-out",
+        str(out),
+        "--no-tracking",
+        *sets,
+        cwd=tmp_path,
+        env={"DISTGAN_CACHE": str(tmp_path / "cache")},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = read_json(out)
+    assert res["status"] == "finished" and res["steps"] == 10
+    digests = res["param_digests"]
+    assert len(digests) == 2 and set(digests[0]) == {"G", "D", "G_ema"}
+    assert digests[0] == digests[1] and res["ranks_in_sync"] is True

@@ -1,6 +1,6 @@
 """The one checkpoint format: a directory holding `state.pt`.
 
-state = {"engine": Engine.state_dict(), "step": int, "rng": [one RNG state per rank], "spec": the
+state = {"engine": Engine.state_dict(), "step": int, "rng": [per rank {"cpu": ByteTensor[, "cuda": ...]}], "spec": the
 job spec as a dict}. It loads with `torch.load(weights_only=True)`: nothing is unpickled.
 """
 

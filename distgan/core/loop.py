@@ -7,6 +7,7 @@ be run and tested without Ray or MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from distgan import data, models
 from distgan.core import checkpoint, engine
-from distgan.core.dist import any_rank, gather, parameter_digest
+from distgan.core.dist import any_rank, average_buffers, gather, parameter_digest
 from distgan.core.evaluator import Evaluator
 from distgan.core.health import HealthMonitor
 from distgan.data import DataInfo
@@ -48,6 +49,7 @@ class Recorder(Protocol):
 
     def log_spec(self, spec: dict) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def truncate_after(self, step: int) -> None: ...  # drop local rows past `step` (a resume replays them)
     def log_image(self, png: bytes, name: str) -> None: ...
     def metric_history(self) -> list[dict]: ...
     def close(self) -> int: ...
@@ -107,30 +109,29 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     torch.manual_seed(t.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
     G, D = models.build(spec.model, info.sample_shape)
     G, D = session.prepare_model(G), session.prepare_model(D)
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    bf16 = use_bf16(t.precision, spec.model.arch, device)
     eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, device, bf16, spec.augment.policy)
 
     start = 0
     ckpt = session.latest_checkpoint()
     if ckpt is not None:
-        state = torch.load(ckpt / checkpoint.CHECKPOINT_FILE, map_location=device, weights_only=True)
-        eng.load_state_dict(state["engine"])
-        start = state["step"]
-        rng = state["rng"]
-        torch.set_rng_state(rng[rank] if len(rng) == world else rng[0])
+        start = resume(ckpt, eng, rank, world, t.seed, device)
         # The spec's learning rates win over the checkpoint's: after a PBT exploit the spec holds
         # the mutated values, while the loaded optimizer state holds the donor's.
         eng.set_lrs(spec.optim.lr_g, spec.optim.lr_d)
     else:
-        torch.manual_seed(t.seed * 1_000_003 + rank)  # each rank its own latents
+        torch.manual_seed(rank_seed(t.seed, rank))  # each rank its own latents
     if dist.is_initialized():
         dist.barrier()  # all ranks loaded before anyone trains
 
     per_worker_batch = t.batch_size // world
     # Re-seed the data stream on resume; a stream's position is not worth checkpointing.
     stream = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
-    if record is not None and start == 0:
-        record.log_spec(spec.model_dump(mode="json"))
+    if record is not None:
+        # Rows past the checkpoint belong to the attempt that died; this one replays those steps.
+        record.truncate_after(start)
+        if start == 0:
+            record.log_spec(spec.model_dump(mode="json"))
     evaluator = Evaluator(spec, info, device, rank, world, gather)
     health = _health_monitor(spec, evaluator, record, start) if is_chief else None
 
@@ -153,7 +154,9 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         metrics |= {"step_time": elapsed / interval_steps, "img_per_s": interval_steps * t.batch_size / elapsed}
         metrics |= {"lr_g": eng.opt_g.param_groups[0]["lr"], "lr_d": eng.opt_d.param_groups[0]["lr"]}
         diverged = any_rank(not all(np.isfinite(list(metrics.values()))), device)
-        if evaluate:
+        # Every rank evaluates and saves the same G, D and EMA-G, BatchNorm running stats included.
+        average_buffers(G, D, eng.G_ema)
+        if evaluate and not diverged:  # a NaN generator has nothing to measure (and FD would raise)
             # A collective for image metrics (each rank samples its share); the numbers land on rank 0.
             eval_start = time.perf_counter()
             metrics |= evaluator.evaluate(eng.G_ema, step, final=step == t.steps, record=record)
@@ -177,7 +180,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
     undelivered = record.close() if record is not None else 0
-    digests = gather((parameter_digest(G), parameter_digest(D)))
+    digests = gather((parameter_digest(G), parameter_digest(D), parameter_digest(eng.G_ema)))
     if step == start and record is not None:  # resumed at the end: report the recorded final metrics
         history = record.metric_history()
         metrics = history[-1] if history else {}
@@ -190,7 +193,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         "health": health.report() if health is not None else None,
         "ranks_in_sync": all(d == digests[0] for d in digests),
         "tracking_undelivered": undelivered,
-        "param_digests": [{"G": g, "D": d} for g, d in digests],
+        "param_digests": [{"G": g, "D": d, "G_ema": g_ema} for g, d, g_ema in digests],
         "node_ids": gather(session.node_id),
     }
 
@@ -212,13 +215,71 @@ def _new_signals(health: HealthMonitor | None, step: int, metrics: dict) -> list
     return [s for s in health.update(step, metrics) if s.name not in seen]
 
 
+CONV_ARCHS = ("dcgan", "resnet")
+
+
+def use_bf16(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> bool:
+    """Whether the step runs under bf16 autocast: when asked for, or with `auto` for conv nets on a
+    GPU that has bf16. Never by default for the mlp: its inputs are 2-D points or vectors, and bf16's
+    8-bit mantissa quantises them (a mixture mode's std of 0.01 at radius 1 is a few bf16 steps)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if arch not in CONV_ARCHS or device.type != "cuda":
+        return False
+    return torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of one rank's RNG from `step` on: distinct per (seed, step, rank)."""
+    if step == 0:
+        return seed * 1_000_003 + rank  # a fresh run (kept as it was: same seed, same run)
+    digest = hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's RNG state, as the checkpoint keeps it (one per rank): the CPU generator's, and
+    the CUDA generator's when the run is on a GPU (the latents are drawn there)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(saved: list, rank: int, world: int, seed: int, step: int, device: torch.device) -> None:
+    """Put back this rank's RNG state from a checkpoint's per-rank states (CPU tensors).
+
+    With another world size, or without a state for the device the latents come from (a CPU
+    checkpoint resumed on a GPU), there is no state of this rank to continue: every rank is seeded
+    from (seed, step, rank), so no two ranks draw the same latents."""
+    mine = saved[rank] if len(saved) == world else None
+    if isinstance(mine, torch.Tensor):  # checkpoints from before the device state was kept
+        mine = {"cpu": mine}
+    if mine is None or (device.type == "cuda" and "cuda" not in mine):
+        torch.manual_seed(rank_seed(seed, rank, step))  # the CPU's and every GPU's generator
+        return
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], device)
+
+
+def resume(ckpt: Path, eng: engine.Engine, rank: int, world: int, seed: int, device: torch.device) -> int:
+    """Load a checkpoint into `eng` and this rank's RNG; the step it was taken at."""
+    # Read on the CPU: RNG states must stay CPU ByteTensors; load_state_dict copies the engine's
+    # tensors onto the device its modules and optimizer states live on.
+    state = checkpoint.read(ckpt)
+    eng.load_state_dict(state["engine"])
+    restore_rng(state["rng"], rank, world, seed, state["step"], device)
+    return state["step"]
+
+
 def _report(
     session: Session, eng: engine.Engine, step: int, metrics: dict, save: bool, rank: int, spec: JobSpec
 ) -> None:
     if not save:
         session.report(metrics | {"step": step}, None)
         return
-    rng = gather(torch.get_rng_state())
+    rng = gather(rng_state(eng.device))
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
             checkpoint.write(

@@ -50,15 +50,19 @@ def inspect(spec: DataSpec) -> DataInfo:
 def batches(
     spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None
 ) -> Iterator[torch.Tensor]:
-    """Endless batches of real samples for one worker (`shard`: its Ray Data shard, for user data)."""
+    """Endless batches of real samples for one worker (`shard`: its Ray Data shard, for user data).
+
+    `seed` (the run's, moved on at a resume) and the rank pick the stream; the built-in datasets'
+    draws (mixture points, digits shuffling) also depend on `spec.seed`."""
     stream_seed = seed * 1_000_003 + rank
+    builtin_seed = stream_seed + spec.seed * 1_000_000_007  # data.seed=0: the streams as they always were
     if info.kind == "mixture":
-        return builtin.mixture_batches(spec.name, batch_size, stream_seed)
+        return builtin.mixture_batches(spec.name, batch_size, builtin_seed)
     if spec.name == "digits":
         data = torch.from_numpy(builtin.digits_array())[rank::world]
-        return builtin.tensor_batches(data, batch_size, stream_seed)
+        return builtin.tensor_batches(data, batch_size, builtin_seed)
     if spec.name == "stacked_digits":
-        return builtin.stacked_digits_batches(batch_size, stream_seed)
+        return builtin.stacked_digits_batches(batch_size, builtin_seed)
     return _shard_batches(shard, batch_size, stream_seed)
 
 

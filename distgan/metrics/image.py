@@ -109,7 +109,21 @@ def image_quality(
     num_classes: int | None = None,
 ) -> dict[str, float]:
     """Every image metric, named after its feature network: fd_<net>, kid_<net> (+ _se),
-    precision, recall, density, coverage, and classes_covered/class_kl where classes are known."""
+    precision, recall, density, coverage, and classes_covered/class_kl where classes are known.
+    Non-finite features (a diverged generator) give NaN for every metric, not an exception."""
+    if not (np.isfinite(real).all() and np.isfinite(fake).all()):
+        names = [
+            f"fd_{net_name}",
+            f"kid_{net_name}",
+            f"kid_{net_name}_se",
+            "precision",
+            "recall",
+            "density",
+            "coverage",
+        ]
+        if real_labels is not None and fake_predictions is not None and num_classes:
+            names += ["classes_covered", "class_kl"]
+        return dict.fromkeys(names, math.nan)
     fd = frechet_distance(*feature_stats(real), *feature_stats(fake))
     kid_mean, kid_se = kid(real, fake)
     out = {f"fd_{net_name}": fd, f"kid_{net_name}": kid_mean, f"kid_{net_name}_se": kid_se}

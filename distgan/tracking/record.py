@@ -3,8 +3,10 @@ to MLflow from a background thread, so a slow or absent tracking server never st
 What the server misses while it is away is kept in memory and sent in order when it is back; at
 the end of the run rank 0 waits up to `DISTGAN_TRACKING_FLUSH_S` seconds (default 300) for it.
 
-A step is recorded once: after a resume, steps already in the record are not written again, so
-metric series have neither gaps nor duplicates.
+After a resume from the checkpoint of step S, `metrics.jsonl` is cut back to steps <= S
+(`truncate_after`) and the replayed steps are written again: it holds the trajectory that was
+trained, each step once. MLflow cannot delete metric points, so there a step is recorded once:
+replayed steps keep the values the dead attempt sent, and series have neither gaps nor duplicates.
 """
 
 from __future__ import annotations
@@ -124,6 +126,16 @@ class RunRecord:
             self.last_local_step = step
         if self.sender:
             self.sender.put("metrics", (step, dict(metrics), int(time.time() * 1000)))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows past `step` (a resume from that step's checkpoint replays them)."""
+        rows = self.metric_history()
+        kept = [r for r in rows if r["step"] <= step]
+        if len(kept) < len(rows):
+            tmp = self.metrics_path.with_suffix(".jsonl.tmp")  # replaced whole: a crash leaves the old or the new
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.metrics_path)
+        self.last_local_step = min(self.last_local_step, step)
 
     def log_image(self, png: bytes, name: str) -> None:
         path = self.dir / "images" / name
