@@ -331,7 +331,8 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
-        "--feature-net", help="digits, inception or a TorchScript file (default: metrics.feature_net of the spec)"
+        "--feature-net",
+        help="digits, inception, dinov2 or a TorchScript file (default: metrics.feature_net of the spec)",
     )
     e.add_argument("--tracking-uri", help="MLflow tracking/registry URI, for model URIs (default as for train)")
     e.add_argument("--json-out", metavar="FILE")

@@ -28,6 +28,23 @@ def ray_tmpdir():
     yield path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_weight_downloads(tmp_path_factory):
+    """No test reaches the internet for feature-network weights: an empty torch cache, and a
+    download location on a closed loopback port (a test that needs weights serves its own)."""
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch_home"))
+    os.environ["DISTGAN_WEIGHTS_URL"] = f"http://127.0.0.1:{closed_port()}/weights"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`distgan ARGS` in a fresh process, as a user runs it."""
     return subprocess.run(

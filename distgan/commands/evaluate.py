@@ -84,7 +84,7 @@ def evaluate(
         metrics = evaluator.mixture_over_seeds(generator, n, seed)
     elif evaluator.net is None:
         raise InputError(
-            f"no feature network for {spec.data.name} data: pass --feature-net (digits, inception or a "
+            f"no feature network for {spec.data.name} data: pass --feature-net (digits, inception, dinov2 or a "
             "TorchScript file)"
         )
     else:

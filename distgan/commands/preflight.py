@@ -24,15 +24,16 @@ def check_job(spec: JobSpec) -> DataInfo:
     if spec.augment.policy and len(info.sample_shape) != 3:
         shape, name = tuple(info.sample_shape), spec.data.name
         raise InputError(f"augment.policy is for images; {name} samples have shape {shape}: use augment.policy=[]")
-    net = features.choose(spec, info)
-    if net:
-        features.check(net, info.sample_shape, spec.metrics.feature_name)
     per_worker = spec.train.batch_size // spec.scaling.workers
     if info.num_rows is not None and info.num_rows // spec.scaling.workers < per_worker:
         raise InputError(
             f"{spec.data.name} has {info.num_rows} rows: {info.num_rows // spec.scaling.workers} per worker, fewer "
             f"than the per-worker batch {per_worker}; lower train.batch_size or scaling.workers"
         )
+    # last: it may download a pretrained network (once), which no other mistake should wait for
+    net = features.choose(spec, info)
+    if net:
+        features.check(net, info.sample_shape, spec.metrics.feature_name)
     return info
 
 

@@ -1,11 +1,12 @@
 """Feature networks for image metrics. A metric's name carries its network (`fd_digits`,
-`kid_inception`, `fd_<your name>`): numbers from different networks are never comparable, so a
-network is never switched silently.
+`kid_inception`, `fd_dinov2`, `fd_<your name>`): numbers from different networks are never
+comparable, so a network is never switched silently.
 
 - `digits`: a small classifier trained on the built-in digits (weights ship in the package); it
   also predicts classes, for class coverage.
-- `inception`: the standard FID Inception-v3 (pytorch-fid), only when its weights are already in
-  the local torch cache; nothing is ever downloaded here.
+- `inception`: the standard FID Inception-v3 (distgan.metrics.inception), 2,048 features.
+- `dinov2`: DINOv2 ViT-S/14 (distgan.metrics.dinov2), 384 features.
+  Both are downloaded on first use and verified by sha256 (distgan.metrics.weights).
 - your own network as a TorchScript file or a `torch.export` program (.pt2):
   [N, C, H, W] in [-1, 1] -> [N, F] features.
 """
@@ -21,11 +22,10 @@ import numpy as np
 import torch
 
 from distgan.errors import InputError
+from distgan.metrics import weights
 
-INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # the file name pytorch-fid caches
-INCEPTION_FETCH = (
-    'pip install pytorch-fid && python -c "from pytorch_fid.inception import fid_inception_v3; fid_inception_v3()"'
-)
+PRETRAINED = ("inception", "dinov2")  # fetched on first use (distgan.metrics.weights)
+BUILTIN = ("digits", *PRETRAINED)
 
 
 @dataclass
@@ -34,10 +34,12 @@ class FeatureNet:
     net: torch.nn.Module
     digest: str  # sha256 of the weights, for cache keys and the run's tags
     num_classes: int | None = None  # set when the net also classifies (class coverage)
+    batch: int = 500  # images per forward pass
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, batch: int = 500) -> np.ndarray:
+    def features(self, images: torch.Tensor, batch: int | None = None) -> np.ndarray:
         """[N, C, H, W] in [-1, 1] -> [N, F] float32."""
+        batch = batch or self.batch
         return np.concatenate(
             [self._features(images[i : i + batch]).float().cpu().numpy() for i in range(0, len(images), batch)]
         )
@@ -50,12 +52,7 @@ class FeatureNet:
         )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.name == "digits":
-            return self.net.features(x)
-        if self.name == "inception":
-            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # gray -> RGB
-            return self.net((x + 1) / 2)[0].flatten(1)  # pytorch-fid takes [0, 1], resizes to 299
-        return self.net(x)
+        return self.net.features(x) if self.name == "digits" else self.net(x)
 
 
 def _digest(module: torch.nn.Module) -> str:
@@ -73,33 +70,36 @@ def choose(spec, info) -> str | None:
 
 def resolve(choice: str, dataset: str) -> str | None:
     """Which network `metrics.feature_net` means for this data: 'auto' picks `digits` for the
-    digits, else `inception` when its weights are cached, else none (the run says so)."""
+    digits and `inception`, the network published FIDs use, for any other images."""
     if choice != "auto":
         return None if choice == "none" else choice
-    if dataset == "digits":
-        return "digits"
-    return "inception" if inception_cached() else None
+    return "digits" if dataset == "digits" else "inception"
 
 
 def network_name(choice: str, feature_name: str | None = None) -> str:
-    """The name a resolved choice gives its metrics: digits, inception, or the TorchScript file's."""
-    return choice if choice in ("digits", "inception") else (feature_name or Path(choice).stem).lower()
+    """The name a resolved choice gives its metrics: digits, inception, dinov2, or the file's."""
+    return choice if choice in BUILTIN else (feature_name or Path(choice).stem).lower()
 
 
 def check(choice: str, sample_shape: tuple[int, ...], feature_name: str | None = None) -> None:
-    """InputError when the network cannot take this data or is not available; run on the driver."""
+    """InputError when the network cannot take this data or is not available; run on the driver,
+    before Ray starts. A pretrained network is downloaded here, on first use, and verified."""
+    shape = "x".join(map(str, sample_shape))
     if choice == "digits" and tuple(sample_shape) != (1, 8, 8):
         raise InputError(
-            f"metrics.feature_net=digits takes 1x8x8 images; this data is {'x'.join(map(str, sample_shape))}: "
-            "use inception, a TorchScript file, or none"
+            f"metrics.feature_net=digits takes 1x8x8 images; this data is {shape}: "
+            "use inception, dinov2, a TorchScript file, or none"
         )
-    if choice == "inception":
-        _check_inception()
-    if choice not in ("digits", "inception"):
+    if choice in PRETRAINED:
+        if sample_shape[0] not in (1, 3):
+            raise InputError(f"metrics.feature_net={choice} takes grayscale or RGB images; this data is {shape}")
+        weights.fetch(choice)
+    if choice not in BUILTIN:
         path = Path(choice)
         if not path.is_file():
             raise InputError(
-                f"metrics.feature_net={choice!r}: not digits, inception, none or auto, and no such TorchScript file"
+                f"metrics.feature_net={choice!r}: not digits, inception, dinov2, none or auto, "
+                "and no such TorchScript file"
             )
         if feature_name is None and not re.fullmatch(r"[a-z0-9_]+", path.stem.lower()):
             raise InputError(
@@ -107,35 +107,21 @@ def check(choice: str, sample_shape: tuple[int, ...], feature_name: str | None =
             )
 
 
-def inception_cached() -> bool:
-    return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS).is_file()
-
-
-def _check_inception() -> None:
-    try:
-        import pytorch_fid  # noqa: F401
-    except ImportError:
-        raise InputError("metrics.feature_net=inception needs pytorch-fid: pip install 'distgan[fid]'") from None
-    if not inception_cached():
-        raise InputError(
-            f"the FID Inception weights are not in the torch cache ({Path(torch.hub.get_dir()) / 'checkpoints'}); "
-            f"fetch them once with: {INCEPTION_FETCH}"
-        )
-
-
 def load(choice: str, device: torch.device | str = "cpu", feature_name: str | None = None) -> FeatureNet:
-    """The network named by a resolved choice ('digits', 'inception' or a TorchScript path)."""
+    """The network named by a resolved choice ('digits', 'inception', 'dinov2' or a file's path)."""
     if choice == "digits":
         from distgan.metrics import digits_net
 
         net = digits_net.load()
         return FeatureNet("digits", net.to(device), _digest(net), digits_net.NUM_CLASSES)
-    if choice == "inception":
-        _check_inception()
-        from pytorch_fid.inception import InceptionV3
+    if choice in PRETRAINED:
+        from distgan.metrics import dinov2, inception
 
-        net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()  # loads from the cache, checked above
-        return FeatureNet("inception", net.to(device), _digest(net))
+        module = inception if choice == "inception" else dinov2
+        net = module.load(weights.fetch(choice))
+        # the verified file's digest names the weights: no need to hash 90 MB of tensors again. Batches
+        # of 50: at 299 or 224 px a batch of 500 would hold gigabytes of activations.
+        return FeatureNet(choice, net.to(device), weights.REGISTRY[choice].sha256[:16], batch=50)
     if choice.endswith(".pt2"):  # a torch.export program
         net = torch.export.load(choice).module().to(device)
     else:

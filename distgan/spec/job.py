@@ -118,8 +118,9 @@ class TrainSpec(Section):
 class MetricsSpec(Section):
     """Image quality (see distgan.metrics): which feature network, and how many samples."""
 
-    # auto: `digits` for the built-in digits, else `inception` when its weights are cached, else
-    # none; or digits | inception | none | a TorchScript file ([N,C,H,W] in [-1,1] -> [N,F]).
+    # auto: `digits` for the built-in digits, else `inception`; or digits | inception | dinov2 |
+    # none | a TorchScript/.pt2 file ([N,C,H,W] in [-1,1] -> [N,F]). inception and dinov2 are
+    # downloaded on first use into the torch hub cache and verified by sha256 (README).
     feature_net: str = "auto"
     feature_name: str | None = Field(None, pattern=r"^[a-z0-9_]+$")  # names a TorchScript net's metrics
     final_samples: int = Field(
