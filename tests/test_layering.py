@@ -98,3 +98,11 @@ def test_the_core_imports_neither_ray_nor_mlflow():
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == "[]"
     assert "distgan.core.loop" in core and "distgan.core.evaluator" in core and "distgan.metrics.image" in core
+
+
+def test_the_commands_are_short_lists_of_calls():
+    """train() and search() read top to bottom: checks, Ray, the run, the record; the work is elsewhere."""
+    for path, name in (("commands/train.py", "train"), ("commands/search.py", "search")):
+        tree = ast.parse((PACKAGE / path).read_text())
+        (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+        assert fn.end_lineno - fn.lineno + 1 <= 50, f"{path}:{name} has grown to {fn.end_lineno - fn.lineno + 1} lines"
