@@ -156,3 +156,26 @@ def test_bad_data_via_cli_exits_2(tmp_path):
     )
     assert r.returncode == 2 and "parquet has 10 rows: 10 per worker, fewer than the per-worker batch 512" in r.stderr
     assert not (tmp_path / "distgan_runs").exists()
+
+
+def test_a_failed_dataset_shard_is_raised_for_user_data_and_none_for_builtins(monkeypatch):
+    """get_dataset_shard failing for Parquet/image data must surface as itself, not as None (which
+    the loop read as 'built-in data' and which blew up later as an AttributeError)."""
+    import ray.train
+
+    from distgan.runtime.ray_train import RaySession
+
+    def broken(name):
+        raise RuntimeError(f"shard {name!r} unavailable")
+
+    monkeypatch.setattr(ray.train, "get_dataset_shard", broken)
+    session = object.__new__(RaySession)  # only what data_shard reads; no Ray Train context here
+    session.uses_ray_data = True
+    with pytest.raises(RuntimeError, match="shard 'train' unavailable"):
+        session.data_shard()
+    session.uses_ray_data = False
+    assert session.data_shard() is None
+    sentinel = object()
+    monkeypatch.setattr(ray.train, "get_dataset_shard", lambda name: sentinel)
+    session.uses_ray_data = True
+    assert session.data_shard() is sentinel
