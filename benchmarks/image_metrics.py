@@ -91,7 +91,7 @@ def main() -> None:
             "floor (target <= 3x); "
             f"classes_covered {m['classes_covered']:.2f} (class_kl {m['class_kl']:.3f}); precision "
             f"{m['precision']:.3f}, recall {m['recall']:.3f}, "
-            f"kid_digits {m['kid_digits']:.2f} +- {m['kid_digits_se']:.2f}"
+            f"kid_digits {m['kid_digits']:.2f} (std over subsets {m['kid_digits_std']:.2f})"
         )
 
 

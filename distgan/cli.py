@@ -306,7 +306,9 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=_models)
 
     p_ = sub.add_parser("pull", help="sample a registered or logged generator")
-    p_.add_argument("model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator")
+    p_.add_argument(
+        "model_uri", help="models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID or runs:/RUN_ID/generator"
+    )
     p_.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p_.add_argument("--seed", type=int, default=0)
     p_.add_argument("--out", default="samples", help="output directory (default ./samples)")
@@ -327,7 +329,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--n",
         type=int,
-        help="samples (default: metrics.final_samples, 10,000, for images; 2,500 x 10 seeds for mixtures)",
+        help="samples (default for images: as a run's final eval, train.eval_samples [2,500] plus "
+        "metrics.final_samples [10,000] as final_*; 2,500 x 10 seeds for mixtures)",
     )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(

@@ -199,3 +199,71 @@ def test_data_seed_seeds_the_builtin_draws(name):
 
     assert torch.equal(first(0), first(0)) and torch.equal(first(1), first(1))
     assert not torch.equal(first(0), first(1))
+
+
+def test_a_failed_dataset_shard_is_raised_for_user_data_and_none_for_builtins(monkeypatch):
+    """get_dataset_shard failing for Parquet/image data must surface as itself, not as None (which
+    the loop read as 'built-in data' and which blew up later as an AttributeError)."""
+    import ray.train
+
+    from distgan.runtime.ray_train import RaySession
+
+    def broken(name):
+        raise RuntimeError(f"shard {name!r} unavailable")
+
+    monkeypatch.setattr(ray.train, "get_dataset_shard", broken)
+    session = object.__new__(RaySession)  # only what data_shard reads; no Ray Train context here
+    session.uses_ray_data = True
+    with pytest.raises(RuntimeError, match="shard 'train' unavailable"):
+        session.data_shard()
+    session.uses_ray_data = False
+    assert session.data_shard() is None
+    sentinel = object()
+    monkeypatch.setattr(ray.train, "get_dataset_shard", lambda name: sentinel)
+    session.uses_ray_data = True
+    assert session.data_shard() is sentinel
+
+
+def test_class_sorted_parquet_is_shuffled_across_the_whole_file(tmp_path):
+    """Data sorted by class must not give one-class batches: a 4x-batch local buffer over blocks in
+    file order gave batches ~all one class."""
+    import os
+
+    import ray
+
+    from distgan.runtime import ray_data
+
+    classes, per_class, batch = 10, 1000, 32
+    path = tmp_path / "by-class"  # one file per class, as exports often are: one block each
+    path.mkdir()
+    for c in range(classes):
+        pq.write_table(pa.table({"x": [[float(c), float(i)] for i in range(per_class)]}), path / f"{c}.parquet")
+    spec = DataSpec(name="parquet", path=str(path), column="x")
+    info = data.inspect(spec)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    ctx = ray.data.DataContext.get_current()
+    saved, ctx.target_max_block_size = ctx.target_max_block_size, 4 * 1024  # many blocks, as big data has
+    try:
+        ds = ray_data.datasets(spec, info)["train"]
+
+        @ray.remote(num_cpus=2)
+        class Worker:  # the Train workers hold every CPU: the epochs must need none
+            def ready(self):
+                return True
+
+        worker = Worker.remote()
+        ray.get(worker.ready.remote())
+        stream = data._shard_batches(ds.streaming_split(1)[0], batch, seed=0)
+        per_epoch = classes * per_class // batch
+        batches = [next(stream) for _ in range(2 * per_epoch)]  # two epochs
+    finally:
+        ctx.target_max_block_size = saved
+        ray.shutdown()
+    labels = [b[:, 0].long() for b in batches]
+    majority = np.array([torch.bincount(lab, minlength=classes).max().item() / batch for lab in labels])
+    print("majority-class share", majority.mean())
+    assert majority.mean() < 0.25, majority.mean()
+    # every row once per epoch, and the second epoch is not the first one again
+    first, second = torch.cat(batches[:per_epoch]), torch.cat(batches[per_epoch:])
+    assert len(torch.unique(first, dim=0)) == per_epoch * batch
+    assert not torch.equal(first, second)

@@ -56,7 +56,7 @@ def test_real_digits_score_well_and_a_collapsed_generator_does_not():
     assert collapsed["classes_covered"] == 0.1
     assert collapsed["recall"] < 0.2
     assert collapsed["fd_digits"] > 50 * good["fd_digits"]
-    assert collapsed["kid_digits"] > 0 and collapsed["kid_digits"] > 10 * collapsed["kid_digits_se"]
+    assert collapsed["kid_digits"] > 0 and collapsed["kid_digits"] > 3 * collapsed["kid_digits_std"]
 
 
 def test_reference_features_are_cached_by_fingerprint(tmp_path):
@@ -145,3 +145,46 @@ def test_distgan_eval_on_a_checkpoint(tmp_path):
     assert r.returncode == 2 and "makes images; grid25 is 2-D points" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", str(tmp_path / "nope"), cwd=tmp_path)
     assert r.returncode == 2 and "neither a file/directory nor a model URI" in r.stderr
+
+
+def test_final_eval_ranks_on_the_eval_sample_size_and_reports_the_large_sample_apart():
+    """FD's small-sample bias: the final eval's headline must be measured on as many samples as every
+    other eval (so that the search and the champion rule compare like with like)."""
+    from distgan.data.builtin import digits_array
+    from distgan.metrics import names
+
+    spec = config.load_spec(config.JOBS_DIR / "digits.yaml", ["train.eval_samples=400", "metrics.final_samples=1200"])
+    ev = Evaluator(spec, data.inspect(spec.data), torch.device("cpu"))
+    G = RealDigits(digits_array())
+    seed = spec.train.seed
+    during = ev.evaluate(G, step=10, final=False, record=None)
+    final = ev.evaluate(G, step=20, final=True, record=None)
+    at_400, at_1200 = ev.image_metrics(G, 400, seed), ev.image_metrics(G, 1200, seed)
+    assert at_400["fd_digits"] > 1.3 * at_1200["fd_digits"]  # the bias that made them incomparable
+    assert final["fd_digits"] == during["fd_digits"] == at_400["fd_digits"]
+    assert final["kid_digits"] == at_400["kid_digits"] and final["precision"] == at_400["precision"]
+    assert final[names.final("fd_digits")] == at_1200["fd_digits"]
+    assert final["final_kid_digits_std"] == at_1200["kid_digits_std"]
+    # ranked and promoted on the plain (same-size) names only
+    assert names.rank_key("image", final) == ("fd_digits", (-at_400["fd_digits"],))
+    assert names.rank_key("image", {"final_fd_digits": 0.1}) is None
+    assert not names.is_quality("final_fd_digits") and not names.is_quality("kid_digits_std")
+    assert names.is_reported("final_fd_digits") and names.lower_is_better("final_fd_digits")
+    from mlflow.utils.validation import _validate_metric_name
+
+    for key in final:
+        _validate_metric_name(key)
+
+
+def test_image_metrics_do_not_depend_on_the_number_of_workers():
+    from distgan.data.builtin import digits_array
+
+    spec = config.load_spec(config.JOBS_DIR / "digits.yaml", [])
+    info, cpu, G = data.inspect(spec.data), torch.device("cpu"), RealDigits(digits_array())
+    one = Evaluator(spec, info, cpu).image_metrics(G, 2500, seed=3)
+    sent = []
+    rank1 = Evaluator(spec, info, cpu, rank=1, world=2, gather=lambda obj: sent.append(obj) or [[], obj])
+    assert rank1.image_metrics(G, 2500, seed=3) == {}
+    rank0 = Evaluator(spec, info, cpu, rank=0, world=2, gather=lambda obj: [obj, sent[0]])
+    two = rank0.image_metrics(G, 2500, seed=3)
+    assert two == pytest.approx(one, rel=1e-9, abs=1e-12)

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -480,3 +481,40 @@ def test_plain_ray_job_submit_with_env_vars_runs_a_distgan_job(cluster, mlflow_s
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name("plain-ray-job") is not None
+
+
+def _job_python_seen_from(python: str, site_packages: str | None, tmp_path) -> str:
+    """What the entrypoint's interpreter expression prints in a shell whose parent is `python`
+    (as the job's shell is the supervisor's child), that parent having loaded ray/_raylet.so
+    from `site_packages` as a Ray worker has."""
+    from distgan.commands.submit import DEFAULT_PYTHON
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import ctypes, subprocess, sys\n"
+        "if sys.argv[1] != '-':\n"
+        "    ctypes.CDLL(sys.argv[1] + '/ray/_raylet.so')\n"
+        "print(subprocess.run(['sh', '-c', 'echo ' + sys.argv[2]], capture_output=True, text=True).stdout.strip())\n"
+    )
+    r = subprocess.run([python, str(script), site_packages or "-", DEFAULT_PYTHON], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_job_python_is_the_supervisors_virtualenv_not_its_base_interpreter(tmp_path):
+    """A virtualenv's python is a symlink to the base interpreter: /proc/PID/exe names the base
+    one, where distgan is not installed (the job died with 'No module named distgan')."""
+    base = os.path.realpath(sys._base_executable)
+    venv = tmp_path / "venv"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    assert (venv / "bin" / "python").is_symlink()
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = venv / "lib" / version / "site-packages"
+    (site / "ray").mkdir(parents=True)
+    # any shared library stands in for Ray's extension module: what matters is where it is mapped from
+    shutil.copy(
+        next(Path(base).resolve().parents[1].glob(f"lib/{version}/lib-dynload/_json*.so")), site / "ray/_raylet.so"
+    )
+    assert _job_python_seen_from(str(venv / "bin" / "python"), str(site), tmp_path) == str(venv / "bin" / "python")
+    # not in a virtualenv: the interpreter itself
+    assert os.path.realpath(_job_python_seen_from(base, None, tmp_path)) == base

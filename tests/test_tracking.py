@@ -327,3 +327,66 @@ def test_run_record_keeps_the_resumed_trajectory(tmp_path):
     record.truncate_after(0)  # restarted before any checkpoint: nothing of the dead attempt stays
     assert record.metric_history() == []
     assert record.close() == 0
+
+
+def test_logged_model_uri_is_accepted_and_a_missing_one_is_exit_2(mlflow_server, tmp_path):
+    """MLflow 3's own logged-model URI (models:/m-<id>, the result's logged_model_uri) loads."""
+    import re
+
+    from distgan.tracking import hub
+
+    uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
+    _, model_uri = _tiny_generator_run(uri, client)
+    assert re.fullmatch(r"models:/m-[0-9a-f]{32}", model_uri), model_uri
+    assert hub.check_uri(model_uri, uri) == model_uri
+    G, meta = hub.load_generator(model_uri, uri)
+    assert meta["latent_dim"] == 2 and G(torch.randn(3, 2)).shape == (3, 2)
+    missing = "models:/m-" + "0" * 32
+    with pytest.raises(InputError, match=f"no logged model m-{'0' * 32} at {uri}"):
+        hub.check_uri(missing, uri)
+    r = run_cli("pull", missing, "--tracking-uri", uri, "--out", str(tmp_path / "s"), cwd=tmp_path)
+    assert r.returncode == 2 and f"no logged model m-{'0' * 32}" in r.stderr, r.stderr[-2000:]
+
+
+def test_sender_drops_a_refused_record_and_delivers_the_rest_quickly(mlflow_server, tmp_path, monkeypatch):
+    """A permanent refusal (HTTP 400: invalid metric key) must not hold every later record."""
+    monkeypatch.setenv("DISTGAN_TRACKING_FLUSH_S", "20")
+    uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("sender-test") or client.get_experiment(client.create_experiment("sender-test"))
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    warned = []
+    record = RunRecord(tmp_path / "rec", {"uri": uri, "run_id": run_id}, warned.append)
+    record.log_metrics({"loss_d": 1.0}, step=1)
+    record.log_metrics({"loss_d": 2.0, "bad*key": 2.0}, step=2)  # refused: 400 INVALID_PARAMETER_VALUE
+    record.log_metrics({"loss_d": 3.0}, step=3)
+    t0 = time.perf_counter()
+    undelivered = record.close()
+    took = time.perf_counter() - t0
+    assert undelivered == 0 and took < 10, (undelivered, took, warned)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss_d")] == [(1, 1.0), (3, 3.0)]
+    assert record.sender.dropped == 1 and record.sender.delivered == 2
+    assert any("dropped" in w and "INVALID_PARAMETER_VALUE" in w for w in warned), warned
+    assert not any("unreachable" in w for w in warned), warned
+    # A run the server does not know (404 on every record): all dropped at once, nothing held to the end.
+    warned.clear()
+    record = RunRecord(tmp_path / "rec2", {"uri": uri, "run_id": "0" * 32}, warned.append)
+    record.log_image(b"png", "samples_0000001.png")
+    record.log_metrics({"loss_d": 1.0}, step=1)
+    t0 = time.perf_counter()
+    undelivered = record.close()
+    assert undelivered == 0 and time.perf_counter() - t0 < 10, (undelivered, warned)
+    assert record.sender.dropped == 2 and record.sender.delivered == 0
+    assert "RESOURCE_DOES_NOT_EXIST" in warned[0], warned
+
+
+def test_champion_lookup_none_only_when_there_is_none(mlflow_server):
+    uri = mlflow_server.uri
+    client = tracking.mlflow_client(uri)
+    name = "no-champion-yet"
+    client.create_registered_model(name)
+    assert registry._champion(client, name) is None  # the alias is not set yet
+    assert registry._champion(client, "no-such-model") is None
+    dead = tracking.mlflow_client(f"http://127.0.0.1:{free_port()}")  # nothing listens: not "no champion"
+    with pytest.raises(Exception) as e:
+        registry._champion(dead, name)
+    assert "Connection" in str(e.value) or "connect" in str(e.value).lower()

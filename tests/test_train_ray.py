@@ -224,6 +224,7 @@ def test_dcgan_trains_on_parquet_images_through_ray_data(tmp_path):
     assert np.isfinite(res["metrics"]["loss_d"]) and np.isfinite(res["metrics"]["loss_g"])
     m = res["metrics"]
     assert m["fd_blobnet"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["coverage"] <= 1 and "classes_covered" not in m
+    assert m["final_fd_blobnet"] > 0 and "final_kid_blobnet_std" in m  # at metrics.final_samples, apart
     rows = [json.loads(line) for line in (tmp_path / "pq" / "distgan" / "metrics.jsonl").read_text().splitlines()]
     assert [("fd_blobnet" in row) for row in rows] == [True, True]
     assert len(list((tmp_path / "cache" / "reference").glob("blobnet-*.npz"))) == 1  # real side computed once, cached

@@ -60,7 +60,7 @@ def evaluate(
     else:
         raise InputError(
             f"{source!r} is neither a file/directory nor a model URI (models:/NAME/VERSION, "
-            "models:/NAME@ALIAS, runs:/ID/generator)"
+            "models:/NAME@ALIAS, models:/m-ID, runs:/ID/generator)"
         )
     if data_arg is not None:
         tree = spec.model_dump(mode="json")
@@ -77,7 +77,7 @@ def evaluate(
         raise InputError(
             f"the generator makes samples of shape {sample_shape}; {spec.data.name} data is {tuple(info.sample_shape)}"
         )
-    n = n or (spec.metrics.final_samples if info.kind == "image" else spec.train.eval_samples)
+    n_arg, n = n, n or spec.train.eval_samples
     evaluator = Evaluator(spec, info, torch.device("cpu"))
     generator.eval()
     if info.kind == "mixture":
@@ -87,6 +87,8 @@ def evaluate(
             f"no feature network for {spec.data.name} data: pass --feature-net (digits, inception, dinov2 or a "
             "TorchScript file)"
         )
+    elif n_arg is None:  # what a run's final eval reports: eval_samples plain, final_samples as final_*
+        metrics = evaluator.final_image_metrics(generator, seed)
     else:
         metrics = evaluator.image_metrics(generator, n, seed)
     net = evaluator.net.name if evaluator.net else None

@@ -26,10 +26,21 @@ from distgan.spec import search as search_spec
 from distgan.tracking import client as tracking_client
 from distgan.tracking import registry
 
-# The entrypoint's shell is a child of the job's supervisor, a Ray worker process: /proc/$PPID/exe
-# is the interpreter Ray runs in on the cluster (where cluster.yaml installs distgan), whatever
-# PATH the raylet was started with. `python3` only where /proc is missing (not Linux).
-DEFAULT_PYTHON = '"$(readlink /proc/$PPID/exe || echo python3)"'
+# The entrypoint's shell is a child of the job's supervisor, a Ray worker process that runs in the
+# Python where cluster.yaml installed Ray and distgan, whatever PATH the raylet was started with.
+# Its /proc/$PPID/exe alone is not that Python when it is a virtualenv: the venv's `python` is a
+# symlink, and exe resolves it to the base interpreter, which lacks the venv's packages (nor does
+# /proc/$PPID/cmdline help: Ray retitles its workers "ray::..."). The supervisor has loaded
+# ray/_raylet.so from its own site-packages (/proc/$PPID/maps): when that lies in a virtualenv
+# (a pyvenv.cfg two levels above lib/pythonX.Y), that venv's bin/python is the job's Python; else
+# exe is. `python3` only where /proc is missing (not Linux).
+_SUPERVISOR_PYTHON = (
+    "r=$(grep -o -m1 '/[^ ]*/lib/python[0-9.]*/site-packages/ray/_raylet[^ /]*[.]so' /proc/$PPID/maps 2>/dev/null); "
+    'v="${r%/lib/python*}"; '
+    'if [ -n "$r" ] && [ -f "$v/pyvenv.cfg" ] && [ -x "$v/bin/python" ]; then echo "$v/bin/python"; '
+    "else readlink /proc/$PPID/exe || echo python3; fi"
+)
+DEFAULT_PYTHON = f'"$({_SUPERVISOR_PYTHON})"'
 
 
 @dataclass

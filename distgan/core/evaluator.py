@@ -73,8 +73,18 @@ class Evaluator:
             record.log_image(plots.image_grid_png(self._sample(G, 64, seed).numpy()), f"samples_{step:07d}.png")
         if self.net is None:
             return {}
-        n = self.spec.metrics.final_samples if final else self.spec.train.eval_samples
-        return self.image_metrics(G, n, seed)
+        if final:
+            return self.final_image_metrics(G, seed)
+        return self.image_metrics(G, self.spec.train.eval_samples, seed)
+
+    def final_image_metrics(self, G, seed: int) -> dict[str, float]:
+        """The final eval: the metrics at `train.eval_samples` under their plain names (comparable
+        with every other eval and every other run: what ranks and promotes), and at
+        `metrics.final_samples` under `final_<name>` (FD's bias shrinks with the sample size)."""
+        n, n_final = self.spec.train.eval_samples, self.spec.metrics.final_samples
+        out = self.image_metrics(G, n, seed)
+        big = out if n_final == n else self.image_metrics(G, n_final, seed)
+        return out | {names.final(k): v for k, v in big.items()}
 
     def _mixture(self, G, step: int, final: bool, record) -> dict[str, float]:
         n, seed = self.spec.train.eval_samples, self.spec.train.seed
@@ -99,21 +109,19 @@ class Evaluator:
         return self._reference
 
     def image_metrics(self, G, n: int, seed: int) -> dict[str, float]:
-        """n samples in all, each rank drawing its share with its own seeds; scored on rank 0."""
-        share = n // self.world + (self.rank < n % self.world)
-        feats, preds = [], []
-        for i, start in enumerate(range(0, share, SAMPLE_CHUNK)):
-            x = self._sample(G, min(SAMPLE_CHUNK, share - start), seed + 7919 * (self.rank * 1000 + i + 1)).to(
-                self.device
-            )
-            feats.append(self.net.features(x))
-            if self.net.num_classes:
-                preds.append(self.net.predict(x))
-        mine = (np.concatenate(feats), np.concatenate(preds) if preds else None) if feats else None  # None: n < world
-        shares = [s for s in self.gather(mine) if s is not None]
+        """n samples in all, in chunks of SAMPLE_CHUNK seeded by their index in the whole set; rank r
+        draws chunks r, r + world, ...; rank 0 puts them back in chunk order and scores them. So the
+        numbers do not depend on the number of workers: `distgan eval` reproduces a run's."""
+        chunks = range(self.rank, -(-n // SAMPLE_CHUNK), self.world)
+        mine = []  # (chunk index, features, predicted classes or None)
+        for i in chunks:
+            size = min(SAMPLE_CHUNK, n - i * SAMPLE_CHUNK)
+            x = self._sample(G, size, seed + 7919 * (i + 1)).to(self.device)
+            mine.append((i, self.net.features(x), self.net.predict(x) if self.net.num_classes else None))
+        gathered = sorted((c for share in self.gather(mine) for c in share), key=lambda c: c[0])
         if self.rank != 0:
             return {}
         ref = self.reference()
-        fake = np.concatenate([f for f, _ in shares])
-        predicted = np.concatenate([p for _, p in shares]) if self.net.num_classes else None
+        fake = np.concatenate([f for _, f, _ in gathered])
+        predicted = np.concatenate([p for _, _, p in gathered]) if self.net.num_classes else None
         return image_quality(ref.features, fake, self.net.name, ref.labels, predicted, self.net.num_classes)

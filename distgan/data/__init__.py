@@ -66,6 +66,11 @@ def batches(
     return _shard_batches(shard, batch_size, stream_seed)
 
 
+# Rows a worker mixes locally, in batches: on top of the once-shuffled data and the block order
+# that changes every epoch (runtime/ray_data.py); reseeded every epoch.
+LOCAL_SHUFFLE_BATCHES = 16
+
+
 def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     epoch = 0
     while True:
@@ -73,7 +78,7 @@ def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         for batch in shard.iter_torch_batches(
             batch_size=batch_size,
             drop_last=True,
-            local_shuffle_buffer_size=4 * batch_size,
+            local_shuffle_buffer_size=LOCAL_SHUFFLE_BATCHES * batch_size,
             local_shuffle_seed=seed + epoch,
         ):
             yielded = True

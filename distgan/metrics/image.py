@@ -11,6 +11,8 @@ import math
 import numpy as np
 import torch
 
+from distgan.metrics import names
+
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased) covariance, in float64."""
@@ -28,7 +30,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     eig = np.linalg.eigvals(np.asarray(sigma1) @ np.asarray(sigma2))
     tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
     diff = np.asarray(mu1) - np.asarray(mu2)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt)
+    # >= 0 in exact arithmetic; round-off takes a set against itself to about -5e-4
+    return max(0.0, float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_sqrt))
 
 
 def kid(
@@ -36,7 +39,8 @@ def kid(
 ) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased MMD^2 estimate with the
     cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets.
-    Returns (mean, standard error over subsets)."""
+    Returns (mean, standard deviation over subsets), as torchmetrics reports it: the subsets overlap,
+    so std/sqrt(subsets) would understate how much KID varies between independent draws."""
     real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
     m = min(subset_size, len(real), len(fake))
     d = real.shape[1]
@@ -50,8 +54,8 @@ def kid(
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         values.append(within - 2 * kxy.mean())
     values = np.asarray(values)
-    se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return float(values.mean()), float(se)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return float(values.mean()), float(std)
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> torch.Tensor:
@@ -108,25 +112,17 @@ def image_quality(
     fake_predictions: np.ndarray | None = None,
     num_classes: int | None = None,
 ) -> dict[str, float]:
-    """Every image metric, named after its feature network: fd_<net>, kid_<net> (+ _se),
+    """Every image metric, named after its feature network: fd_<net>, kid_<net> (+ kid_<net>_std),
     precision, recall, density, coverage, and classes_covered/class_kl where classes are known.
     Non-finite features (a diverged generator) give NaN for every metric, not an exception."""
     if not (np.isfinite(real).all() and np.isfinite(fake).all()):
-        names = [
-            f"fd_{net_name}",
-            f"kid_{net_name}",
-            f"kid_{net_name}_se",
-            "precision",
-            "recall",
-            "density",
-            "coverage",
-        ]
+        keys = [names.fd(net_name), names.kid(net_name), names.kid_std(net_name), *names.IMAGE]
         if real_labels is not None and fake_predictions is not None and num_classes:
-            names += ["classes_covered", "class_kl"]
-        return dict.fromkeys(names, math.nan)
+            keys += list(names.CLASS)
+        return dict.fromkeys(keys, math.nan)
     fd = frechet_distance(*feature_stats(real), *feature_stats(fake))
-    kid_mean, kid_se = kid(real, fake)
-    out = {f"fd_{net_name}": fd, f"kid_{net_name}": kid_mean, f"kid_{net_name}_se": kid_se}
+    kid_mean, kid_std = kid(real, fake)
+    out = {names.fd(net_name): fd, names.kid(net_name): kid_mean, names.kid_std(net_name): kid_std}
     out |= precision_recall(real, fake) | density_coverage(real, fake)
     if real_labels is not None and fake_predictions is not None and num_classes:
         out |= class_coverage(real_labels, fake_predictions, num_classes)

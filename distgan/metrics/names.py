@@ -18,6 +18,14 @@ IMAGE = ("precision", "recall", "density", "coverage")  # images, beside fd_<net
 CLASS = ("classes_covered", "class_kl")  # labeled images, when the feature network classifies
 
 
+# Image metrics depend on the number of samples (FD's bias shrinks with it): every eval, the final
+# one included, reports them at `train.eval_samples` under their plain names, and those are what
+# runs are ranked and promoted on. The final eval adds the same metrics at `metrics.final_samples`
+# under FINAL_PREFIX + name (final_fd_digits, final_kid_digits_std, final_precision, ...).
+FINAL_PREFIX = "final_"
+SPREAD_SUFFIXES = ("_se", "_std")  # a standard error (mixtures over seeds), KID's std over subsets
+
+
 def fd(net: str) -> str:
     return f"fd_{net}"
 
@@ -26,18 +34,41 @@ def kid(net: str) -> str:
     return f"kid_{net}"
 
 
+def kid_std(net: str) -> str:
+    """KID's standard deviation over its random subsets (what torchmetrics reports beside the mean)."""
+    return f"kid_{net}_std"
+
+
+def final(key: str) -> str:
+    """The name of `key` measured on the final eval's larger sample (metrics.final_samples)."""
+    return FINAL_PREFIX + key
+
+
+def is_final(key: str) -> bool:
+    return key.startswith(FINAL_PREFIX)
+
+
 def is_quality(key: str) -> bool:
-    """A sample-quality metric (not a loss, a rate or a standard error)."""
-    return key in MIXTURE + IMAGE + CLASS or (key.startswith(("fd_", "kid_")) and not key.endswith("_se"))
+    """A sample-quality metric at the eval sample size (not a loss, a rate, a spread, or a
+    final_* figure at another sample size, which is never compared with the others)."""
+    return key in MIXTURE + IMAGE + CLASS or (key.startswith(("fd_", "kid_")) and not key.endswith(SPREAD_SUFFIXES))
 
 
 def is_reported(key: str) -> bool:
     """A number the loop reports (not Tune's bookkeeping such as training_iteration or pid)."""
-    return key in LOOP or key == MIXTURE_SCORE or is_quality(key) or key.startswith("kid_") or key.endswith("_se")
+    key = key.removeprefix(FINAL_PREFIX)
+    return (
+        key in LOOP
+        or key == MIXTURE_SCORE
+        or is_quality(key)
+        or key.startswith("kid_")
+        or key.endswith(SPREAD_SUFFIXES)
+    )
 
 
 def lower_is_better(metric: str) -> bool:
-    """Distances and losses: fd_*, kid_*, loss_*, *_kl (reverse_kl, class_kl)."""
+    """Distances and losses: fd_*, kid_*, loss_*, *_kl (reverse_kl, class_kl), and their final_* figures."""
+    metric = metric.removeprefix(FINAL_PREFIX)
     return metric.startswith(("fd_", "kid_", "loss_")) or metric.endswith("_kl")
 
 
@@ -64,7 +95,7 @@ def rank_key(kind: str, metrics: dict) -> tuple[str, tuple] | None:
     and only against runs scored by the same feature network (the name says which)."""
     if kind == "mixture" and all(metrics.get(k) is not None for k in ("modes", "high_quality")):
         return "mixture", (float(metrics["modes"]), float(metrics["high_quality"]))
-    fds = sorted(k for k in metrics if k.startswith("fd_") and not k.endswith("_se") and metrics[k] is not None)
+    fds = sorted(k for k in metrics if k.startswith("fd_") and is_quality(k) and metrics[k] is not None)
     if kind == "image" and fds:
         return fds[0], (-float(metrics[fds[0]]),)
     return None
@@ -72,6 +103,6 @@ def rank_key(kind: str, metrics: dict) -> tuple[str, tuple] | None:
 
 def summary(metrics: dict) -> str:
     """The few numbers a person reads first, e.g. 'modes 25 high_quality 0.88 reverse_kl 0.005'."""
-    fds = sorted(k for k in metrics if k.startswith("fd_") and not k.endswith("_se"))
+    fds = sorted(k for k in metrics if k.startswith("fd_") and is_quality(k))
     keys = [*MIXTURE, *fds, "precision", "recall", "classes_covered"]
     return "  ".join(f"{k} {metrics[k]:.3g}" for k in keys if metrics.get(k) is not None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import ray.data
+from ray.data import RandomSeedConfig
 
 from distgan.data import DataInfo, files
 from distgan.spec.job import DataSpec
@@ -14,13 +15,20 @@ def datasets(spec: DataSpec, info: DataInfo) -> dict | None:
     """{"train": the materialized Ray Dataset} for user data; None for built-ins.
 
     Materialized before training starts: with as many Train workers as CPUs, a lazy pipeline
-    would have no CPU left for its read tasks and hang.
+    would have no CPU left for its read tasks and hang. Shuffled then, once, across the whole data
+    (seeded by data.seed): files are often sorted (by class, by date), and a worker's local shuffle
+    buffer only mixes neighbouring rows. Each epoch then visits the blocks in a new order (a driver-
+    side reordering of block references: no tasks, no CPU), and `data._shard_batches` shuffles rows
+    locally with a seed of its own per epoch.
     """
     if spec.name == "parquet":
-        return {"train": parquet_dataset(spec.path, spec.column, info.kind, info.sample_shape).materialize()}
-    if spec.name == "imagefolder":
-        return {"train": image_folder_dataset(spec.path, info.sample_shape).materialize()}
-    return None
+        ds = parquet_dataset(spec.path, spec.column, info.kind, info.sample_shape)
+    elif spec.name == "imagefolder":
+        ds = image_folder_dataset(spec.path, info.sample_shape)
+    else:
+        return None
+    shuffled = ds.random_shuffle(seed=spec.seed).materialize()
+    return {"train": shuffled.randomize_block_order(seed=RandomSeedConfig(spec.seed, reseed_after_execution=True))}
 
 
 def parquet_dataset(path: str, column: str, kind: str, sample_shape: tuple[int, ...]):

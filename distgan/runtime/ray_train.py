@@ -115,7 +115,8 @@ def check_cluster_gpus(spec: JobSpec, address: str | None) -> None:
 class RaySession:
     """`loop.Session` inside a Ray Train worker."""
 
-    def __init__(self, progress_queue):
+    def __init__(self, progress_queue, uses_ray_data: bool):
+        self.uses_ray_data = uses_ray_data  # the trainer was given a "train" dataset (Parquet, image folder)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -137,10 +138,9 @@ class RaySession:
         ray.train.report(metrics, checkpoint=ckpt)
 
     def data_shard(self):
-        try:
-            return ray.train.get_dataset_shard("train")
-        except Exception:  # no dataset given: built-in data
-            return None
+        """This worker's shard of the "train" dataset; None for built-in data (no dataset given).
+        A failure to get a shard that was given is raised here, where it happened."""
+        return ray.train.get_dataset_shard("train") if self.uses_ray_data else None
 
     def progress(self, line: str) -> None:
         if self._queue is not None:
@@ -155,10 +155,11 @@ def train_loop_per_worker(config: dict) -> dict:
     # One torch thread per CPU the worker holds: Ray does not always set OMP_NUM_THREADS, and
     # torch's default (one per core) oversubscribes the machine and stalls gloo all-reduces.
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
-    session = RaySession(config["progress"])
+    info = DataInfo(**config["data_info"])
+    session = RaySession(config["progress"], info.uses_ray_data)
     # The record target is opaque here (it comes from the tracking layer): rank 0 opens it.
     record = config["record"].open(session.progress) if session.rank == 0 and config["record"] else None
-    return loop.run(spec, DataInfo(**config["data_info"]), session, record)
+    return loop.run(spec, info, session, record)
 
 
 def build_torch_trainer(

@@ -3,7 +3,8 @@
     G, meta = distgan.load_generator("models:/grid25-gan@champion")
     samples = G(torch.randn(16, meta["latent_dim"]))
 
-URIs: `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/generator`. The weights load
+URIs: `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `models:/m-<id>` (MLflow 3's logged model, the
+run result's `logged_model_uri`), `runs:/RUN_ID/generator`. The weights load
 with `torch.load(weights_only=True)` into an architecture rebuilt from its JSON spec: nothing is
 unpickled.
 """
@@ -26,12 +27,24 @@ from distgan.tracking import registry
 from distgan.tracking.client import configure_env, fluent_uri, mlflow_client, resolve_uri
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_\-]+))$")
+LOGGED_MODEL_URI = re.compile(r"^models:/(?P<model_id>m-[0-9a-f]{32})$")
 RUN_URI = re.compile(r"^runs:/(?P<run_id>[0-9a-f]{32})/(?P<path>[\w\-./]+)$")
 FORMATS = ("png", "npy", "parquet")
 
 
 def check_uri(uri: str, tracking_uri: str) -> str:
     """The URI itself if it names something that exists, else InputError listing what does."""
+    from mlflow.exceptions import MlflowException
+
+    lm = LOGGED_MODEL_URI.match(uri)
+    if lm:
+        try:
+            mlflow_client(tracking_uri).get_logged_model(lm["model_id"])
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            raise InputError(f"no logged model {lm['model_id']} at {tracking_uri}") from None
+        return uri
     m = MODEL_URI.match(uri)
     if m:
         client = mlflow_client(tracking_uri)
@@ -39,15 +52,14 @@ def check_uri(uri: str, tracking_uri: str) -> str:
         return uri
     r = RUN_URI.match(uri)
     if r:
-        from mlflow.exceptions import MlflowException
-
         try:
             mlflow_client(tracking_uri).get_run(r["run_id"])
         except MlflowException:
             raise InputError(f"no MLflow run {r['run_id']} at {tracking_uri}") from None
         return uri
     raise InputError(
-        f"model URI {uri!r} is malformed; use models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/generator"
+        f"model URI {uri!r} is malformed; use models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID (a logged "
+        "model) or runs:/RUN_ID/generator"
     )
 
 

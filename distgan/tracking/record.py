@@ -1,7 +1,9 @@
 """Rank 0's record of a run: per-step metrics and sample images, to `<run_dir>/distgan/` at once and
 to MLflow from a background thread, so a slow or absent tracking server never stalls training.
-What the server misses while it is away is kept in memory and sent in order when it is back; at
-the end of the run rank 0 waits up to `DISTGAN_TRACKING_FLUSH_S` seconds (default 300) for it.
+What the server misses while it is away (no connection, or a 5xx/429 answer) is kept in memory and
+sent in order when it is back; at the end of the run rank 0 waits up to `DISTGAN_TRACKING_FLUSH_S`
+seconds (default 300) for it. A record the server refuses for good (any other 4xx: an invalid
+key, a deleted run) is dropped with a warning and counted, so it never holds the records after it.
 
 After a resume from the checkpoint of step S, `metrics.jsonl` is cut back to steps <= S
 (`truncate_after`) and the replayed steps are written again: it holds the trajectory that was
@@ -46,7 +48,7 @@ class _Sender(threading.Thread):
         super().__init__(daemon=True, name="distgan-mlflow-sender")
         self.uri, self.run_id, self.warn = uri, run_id, warn
         self.pending: queue.Queue = queue.Queue()
-        self.delivered, self.last_step = 0, 0
+        self.delivered, self.dropped, self.last_step = 0, 0, 0
 
     def put(self, kind: str, payload) -> None:
         self.pending.put((kind, payload))
@@ -58,8 +60,8 @@ class _Sender(threading.Thread):
             step, values, ts = payload
             if step <= self.last_step:  # recorded before a restart: a step is recorded once
                 return
-            self.last_step = step
             client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
+            self.last_step = step  # after the server took it: a failed send is retried, not skipped
         else:  # "artifact": (local file, artifact dir)
             client.log_artifact(self.run_id, *payload)
 
@@ -69,7 +71,7 @@ class _Sender(threading.Thread):
             item = self.pending.get()
             if item is None:
                 return
-            down_since = None
+            down_since, refused = None, False
             while True:
                 try:
                     if client is None:  # first contact: what an earlier attempt of this run already recorded
@@ -81,6 +83,15 @@ class _Sender(threading.Thread):
                     self._send(client, *item)
                     break
                 except Exception as e:
+                    if not _transient(e):  # refused for good: retrying would hold every later record
+                        self.dropped += 1
+                        if self.dropped <= 10 or self.dropped % 100 == 0:  # a deleted run refuses them all
+                            self.warn(
+                                f"warning: MLflow at {self.uri} refused a {item[0]} record ({_describe(e)}); "
+                                f"dropped it ({self.dropped} dropped so far), sending the rest"
+                            )
+                        refused = True
+                        break
                     if down_since is None:
                         down_since = time.monotonic()
                         self.warn(
@@ -92,7 +103,7 @@ class _Sender(threading.Thread):
                 self.warn(
                     f"MLflow at {self.uri} is back after {time.monotonic() - down_since:.0f}s; sending held records"
                 )
-            self.delivered += 1
+            self.delivered += 0 if refused else 1
 
     def close(self, timeout: float) -> int:
         """Wait for the queue to drain; the number of records still undelivered."""
@@ -101,6 +112,21 @@ class _Sender(threading.Thread):
         return (
             self.pending.qsize() if self.is_alive() else 0
         )  # held records (the sentinel stands for the one in flight)
+
+
+def _transient(e: Exception) -> bool:
+    """Worth retrying: no answer (connection errors, timeouts: MLflow reports those as 500), a 5xx,
+    or 429 (rate limited). Any other 4xx is the server refusing this record for good."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(e, MlflowException):
+        return True  # requests/OS errors: the server or the network is away
+    status = e.get_http_status_code()
+    return status >= 500 or status == 429
+
+
+def _describe(e: Exception) -> str:
+    return f"{getattr(e, 'error_code', type(e).__name__)}: {str(e).splitlines()[0][:300]}"
 
 
 class RunRecord:

@@ -160,10 +160,17 @@ def publish_generator(
 
 
 def _champion(client, name: str):
+    """The version holding `champion`, or None when there is none (no alias yet: MLflow answers
+    INVALID_PARAMETER_VALUE "alias ... not found"; no model: RESOURCE_DOES_NOT_EXIST). Anything
+    else (the server away, a 5xx) is raised: it must not hand the alias to an unranked version."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version_by_alias(name, ALIAS)
-    except Exception:
-        return None
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def _model_names(client) -> list[str]:
