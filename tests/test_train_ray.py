@@ -337,3 +337,20 @@ def test_dcgan_two_workers_hold_the_same_batchnorm_buffers(tmp_path):
     digests = res["param_digests"]
     assert len(digests) == 2 and set(digests[0]) == {"G", "D", "G_ema"}
     assert digests[0] == digests[1] and res["ranks_in_sync"] is True
+
+
+def test_resnet_rpgan_with_r1_r2_on_two_workers_ends_in_sync(tmp_path):
+    """The modern recipe (residual nets without normalization, relativistic pairing, R1 + R2) under DDP."""
+    out = tmp_path / "result.json"
+    sets = ["model.arch=resnet", "model.base_channels=8", "loss.type=rpgan", "loss.r1=0.1", "loss.r2=0.1",
+            "train.steps=20", "train.eval_every=10", "train.checkpoint_every=20", "train.batch_size=32",
+            "train.eval_samples=64", "metrics.final_samples=64", "scaling.cpus_per_worker=1",
+            f"train.storage_path={tmp_path}"]  # fmt: skip
+    args = [x for s in sets for x in ("--set", s)]
+    r = run_cli("train", str(REPO / "jobs" / "digits.yaml"), "--workers", "2", "--no-tracking", "--json-out", str(out),
+                *args, cwd=tmp_path, env={"DISTGAN_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = read_json(out)
+    assert res["status"] == "finished" and res["steps"] == 20 and res["workers"] == 2
+    assert res["ranks_in_sync"] is True and res["param_digests"][0] == res["param_digests"][1]
+    assert res["metrics"]["loss_d"] is not None and res["metrics"]["fd_digits"] > 0
