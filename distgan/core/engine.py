@@ -43,7 +43,6 @@ import torch.nn as nn
 from distgan.core import augment, losses
 from distgan.spec.job import LossSpec, OptimSpec
 
-
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
