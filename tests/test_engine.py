@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distgan import models
-from distgan.core import engine
+from distgan.core import engine, losses
 from distgan.metrics.mixture import mixture_means
 from distgan.spec.job import JobSpec
 
@@ -131,6 +131,105 @@ def test_bf16_autocast_step_runs_on_cpu():
     assert engine.all_finite(eng.step([_real()]))
 
 
+def _fp16_engine(**sections) -> engine.Engine:
+    spec = JobSpec.model_validate({"model": {"latent_dim": 4, "g_hidden": [16], "d_hidden": [16]}, **sections})
+    torch.manual_seed(0)
+    G, D = models.build(spec.model, (2,))
+    return engine.Engine(G, D, spec.loss, spec.optim, 4, torch.device("cpu"), precision="fp16")
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "wgan_gp"])
+def test_fp16_autocast_with_a_grad_scaler_per_optimizer_on_cpu(loss):
+    eng = _fp16_engine(loss={"type": loss, "r1": 0.1, "r2": 0.1}, optim={"n_critic": 2})
+    assert eng.scaler_d is not None and eng.scaler_g is not None and eng.scaler_d is not eng.scaler_g
+    skipped_d = skipped_g = 0.0
+    for _ in range(4):  # n_critic D steps per G step: one scaler update per optimizer step
+        stats = eng.step([_real(), _real()])
+        assert engine.all_finite(stats)
+        skipped_d, skipped_g = skipped_d + 2 * float(stats["amp_skipped_d"]), skipped_g + float(stats["amp_skipped_g"])
+    assert float(stats["amp_skipped_d"]) == 0 and float(stats["amp_skipped_g"]) == 0  # the scale has settled
+    # Adam counts the steps it took; the scaler skipped the others (fp16 overflow at the initial 2**16 scale)
+    step_count = lambda opt: int(next(iter(opt.state.values()))["step"])  # noqa: E731
+    assert step_count(eng.opt_d) + skipped_d == 8 and step_count(eng.opt_g) + skipped_g == 4
+    state = eng.state_dict()  # the scales travel with the checkpoint
+    assert state["scaler_d"]["scale"] == eng.scaler_d.get_scale() and "scaler_g" in state
+
+
+def test_fp16_overflowing_step_is_skipped_and_reported():
+    eng = _fp16_engine(loss={"r1": 1.0})
+    eng.scaler_d = torch.amp.GradScaler("cpu", init_scale=3e38)  # loss * scale overflows fp32: inf grads
+    before = [p.clone() for p in eng.D.parameters()]
+    stats = eng.d_step(_real())
+    assert float(stats["amp_skipped_d"]) == 1.0
+    assert float(stats["grad_norm_d"]) == 0.0 and float(stats["r1"]) == 0.0 and math.isfinite(float(stats["loss_d"]))
+    assert all(torch.equal(a, b) for a, b in zip(before, eng.D.parameters()))  # the step was skipped
+    assert eng.scaler_d.get_scale() == pytest.approx(1.5e38)  # and the scale backed off
+
+
+def test_a_scaled_penalty_equals_the_plain_one():
+    """The AMP gradient-penalty recipe (grad of the scaled output, then unscaled) is the same penalty."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(16, 2, requires_grad=True)
+    plain = losses.input_gradient_penalty(net(x), x)
+    scaled = losses.input_gradient_penalty(net(x), x, torch.tensor(1024.0))
+    torch.testing.assert_close(scaled, plain)
+    torch.testing.assert_close(
+        losses.gradient_penalty(net(x), x, torch.tensor(8.0)), losses.gradient_penalty(net(x), x)
+    )
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        _fp16_engine().__class__(*_parts(), precision="fp8")
+
+
+def _parts():
+    spec = JobSpec.model_validate({"model": {"latent_dim": 4, "g_hidden": [16], "d_hidden": [16]}})
+    G, D = models.build(spec.model, (2,))
+    return G, D, spec.loss, spec.optim, 4, torch.device("cpu")
+
+
+def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    """A compile that fails at the first step: one warning, the state before it put back, eager after."""
+
+    class Broken(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+        def forward(self, *a):
+            raise RuntimeError("no C compiler\nmore")
+
+    monkeypatch.setattr(torch, "compile", Broken)
+    eager = _engine()
+    torch.manual_seed(0)
+    G, D = models.build(eager_spec().model, (2,))
+    eng = engine.Engine(G, D, eager_spec().loss, eager_spec().optim, 4, torch.device("cpu"), compile=True)
+    assert eng.compiled and engine.unwrap(eng.G) is G
+    real = _real()
+    torch.manual_seed(5)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C compiler") as caught:
+        got = eng.step([real])
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert not eng.compiled and eng.G is G and eng.D is D
+    torch.manual_seed(5)
+    want = eager.step([real])
+    assert all(torch.equal(got[k], want[k]) for k in want)  # as if it had run eager from the start
+    eng.step([real])  # no second warning, no second try
+
+
+def eager_spec():
+    return JobSpec.model_validate({"model": {"latent_dim": 4, "g_hidden": [16], "d_hidden": [16]}})
+
+
+def test_compile_keeps_d_eager_when_a_penalty_needs_its_double_backward(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda m: torch.nn.Sequential(m))  # a stand-in wrapper
+    G, D, loss, optim, latent, dev = _parts()
+    eng = engine.Engine(G, D, loss.model_copy(update={"r1": 1.0}), optim, latent, dev, compile=True)
+    assert eng.D is D and eng.G is not G
+
+
 def test_sample_is_seeded_and_keeps_global_rng():
     eng = _engine()
     state = torch.get_rng_state()
@@ -213,3 +312,26 @@ def test_augmentation_reaches_d_in_both_steps(loss):
     seen_plain = _count_d_forwards(plain)
     plain.step([real])
     assert torch.equal(seen_plain[0][:8], real)
+
+
+def test_compile_runs_or_falls_back_cleanly_on_cpu():
+    """The real torch.compile (inductor needs a C compiler on the CPU): compiled, or one warning and
+    eager; either way the step's numbers are finite and close to the eager step's."""
+    import warnings
+
+    G, D, loss, optim, latent, dev = _parts()
+    eager_G, eager_D = copy.deepcopy(G), copy.deepcopy(D)
+    eng = engine.Engine(G, D, loss, optim, latent, dev, compile=True)
+    ref = engine.Engine(eager_G, eager_D, loss, optim, latent, dev)
+    real = _real()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.manual_seed(3)
+        got = eng.step([real])
+    fallbacks = [w for w in caught if "train.compile" in str(w.message)]
+    assert eng.compiled != bool(fallbacks) and len(fallbacks) <= 1
+    torch.manual_seed(3)
+    want = ref.step([real])
+    assert engine.all_finite(got)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)

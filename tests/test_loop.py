@@ -154,15 +154,43 @@ def test_restore_rng_gives_each_rank_its_own_stream():
     assert not torch.equal(draws[1], _draws([one], 1, 3, step=60))
 
 
-def test_auto_precision_is_bf16_only_for_conv_nets_on_a_bf16_gpu():
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert not loop.use_bf16("auto", "mlp", cuda, bf16_supported=True)  # 2-D points: bf16 quantises them
-    assert loop.use_bf16("auto", "dcgan", cuda, bf16_supported=True)
-    assert loop.use_bf16("auto", "resnet", cuda, bf16_supported=True)
-    assert not loop.use_bf16("auto", "dcgan", cuda, bf16_supported=False)
-    assert not loop.use_bf16("auto", "dcgan", cpu, bf16_supported=True)
-    assert not loop.use_bf16("fp32", "dcgan", cuda, bf16_supported=True)
-    assert loop.use_bf16("bf16", "mlp", cpu, bf16_supported=False)  # asked for: honoured
+@pytest.mark.parametrize(
+    "asked, arch, device, bf16_supported, chosen",
+    [
+        ("auto", "mlp", "cuda", True, "fp32"),  # 2-D points: a 16-bit mantissa quantises them
+        ("auto", "dcgan", "cuda", True, "bf16"),
+        ("auto", "resnet", "cuda", True, "bf16"),
+        ("auto", "dcgan", "cuda", False, "fp16"),  # pre-Ampere: fp16 autocast + GradScaler
+        ("auto", "resnet", "cuda", False, "fp16"),
+        ("auto", "mlp", "cuda", False, "fp32"),
+        ("auto", "dcgan", "cpu", True, "fp32"),
+        ("fp32", "dcgan", "cuda", True, "fp32"),
+        ("bf16", "mlp", "cpu", False, "bf16"),  # asked for: honoured
+        ("fp16", "mlp", "cpu", True, "fp16"),
+        ("fp16", "dcgan", "cuda", True, "fp16"),
+    ],
+)
+def test_precision_choice(asked, arch, device, bf16_supported, chosen):
+    assert loop.choose_precision(asked, arch, torch.device(device), bf16_supported=bf16_supported) == chosen
+
+
+def test_channels_last_only_for_conv_nets_on_a_gpu():
+    assert loop.use_channels_last("dcgan", torch.device("cuda")) and loop.use_channels_last(
+        "resnet", torch.device("cuda")
+    )
+    assert not loop.use_channels_last("mlp", torch.device("cuda"))
+    assert not loop.use_channels_last("dcgan", torch.device("cpu"))
+
+
+def test_prefetcher_yields_the_same_batches_on_the_cpu():
+    batches = [torch.randn(4, 3, 8, 8) for _ in range(5)]
+    got = list(loop.Prefetcher(iter(batches), torch.device("cpu"), channels_last=True))
+    assert len(got) == 5 and all(a is b for a, b in zip(got, batches))  # the CPU path: the stream as it is
+
+
+def test_the_run_result_says_which_precision_ran(tmp_path):
+    result, _ = _run(tmp_path, 4, "train.eval_every=4", "train.precision=bf16", "train.eval_samples=100")
+    assert result["precision"] == "bf16" and result["compiled"] is False and result["status"] == "finished"
 
 
 IMAGE = [

@@ -33,6 +33,7 @@ class TrainResult:
     workers: int
     steps: int = 0
     resumed_from: int = 0
+    precision: str | None = None  # what the step ran in: fp32 | bf16 | fp16 (train.precision=auto resolved)
     metrics: dict = field(default_factory=dict)
     checkpoint: str | None = None
     error: str | None = None
@@ -125,6 +126,7 @@ def _result(
         workers=spec.scaling.workers,
         steps=out.get("steps", 0),
         resumed_from=out.get("resumed_from", 0),
+        precision=out.get("precision"),
         # NaN/Inf are not JSON: a diverged metric reads null
         metrics={k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()},
         checkpoint=fit.checkpoint.path if fit is not None and fit.checkpoint else None,
@@ -146,7 +148,10 @@ def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, trackin
     # "ok", or the signals that fired: a run that is not ok is never promoted to champion
     health = result.health if isinstance(result.health, str) else ",".join(s["name"] for s in result.health or [])
     try:
-        tracking_run.set_tags(uri, run_id, {"distgan.health": health or "unknown"})
+        tags = {"distgan.health": health or "unknown"}
+        if result.precision:
+            tags["distgan.precision"] = result.precision
+        tracking_run.set_tags(uri, run_id, tags)
         if result.status == "finished" and result.checkpoint:
             generator = checkpoint.generator(
                 checkpoint.read(result.checkpoint), spec.model, info.sample_shape, tracking.generator

@@ -16,13 +16,25 @@ With an `augment_policy` (DiffAugment), every batch D sees -- in both steps, rea
 `distgan.core.augment.apply` first. R1/R2 and WGAN-GP are gradients w.r.t. the un-augmented inputs,
 taken through the augmentation, as DiffAugment's StyleGAN2 code does (R1 w.r.t. `reals`): the
 penalty then smooths D on the data itself, and the ops are differentiable, so this is exact.
+
+Precision (`precision`): fp32; bf16 autocast; or fp16 autocast with one `torch.amp.GradScaler` per
+optimizer (D steps `n_critic` times per G step, and a scaler allows one `step` per optimizer between
+`update`s). Under fp16 the R1/R2/GP input gradients are taken of the *scaled* logits and unscaled before
+the penalty (the AMP docs' gradient-penalty recipe), so they do not underflow in fp16; a step whose
+gradients overflow is skipped by the scaler, and its gradient statistics read 0 (`amp_skipped_*` says how
+often). On CUDA the optimizers are fused Adam (which also unscales and skips inside its kernel, without a
+host sync); nothing in a step reads a value on the host.
+
+`compile=True` runs G and D under `torch.compile` (not the whole step: DDP, two optimizers and the double
+backward of R1 are fragile there). D is left eager when a penalty needs its double backward (AOTAutograd has
+none). Where compiling fails, the first step says so in one warning and the engine goes on eager.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -31,10 +43,32 @@ import torch.nn as nn
 from distgan.core import augment, losses
 from distgan.spec.job import LossSpec, OptimSpec
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (or the model itself)."""
-    return getattr(module, "module", module)
+    """The model inside DDP and `torch.compile` wrappers (or the model itself)."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if inner is None:
+            inner = getattr(module, "module", None)  # DistributedDataParallel
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
+
+
+def to_channels_last(*modules: nn.Module) -> None:
+    """Conv weights in NHWC (channels_last) order, in place: tensor-core convolutions on a GPU read them
+    without a transpose. Call before DDP wraps the models (its gradient buckets follow the params' strides)."""
+    for m in modules:
+        m.to(memory_format=torch.channels_last)
+
+
+def _grad_norm(params) -> torch.Tensor:
+    """The 2-norm of all gradients, a device tensor (the value `clip_grad_norm_(params, inf)` returned,
+    without its pass that multiplies every gradient by 1)."""
+    return nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
 class Engine:
@@ -48,21 +82,72 @@ class Engine:
         device: torch.device,
         bf16: bool = False,
         augment_policy: Sequence[str] = (),
+        precision: str | None = None,
+        compile: bool = False,
     ):
+        """`precision`: fp32 | bf16 | fp16 (None: bf16 when `bf16`, else fp32)."""
         self.G, self.D = G, D
         self.augment_policy = tuple(augment_policy)
         self.loss, self.n_critic, self.ema_decay = loss, optim.n_critic, optim.ema
         self.latent_dim, self.device = latent_dim, device
-        self.bf16 = bf16
-        self.opt_g = torch.optim.Adam(G.parameters(), lr=optim.lr_g, betas=optim.betas_g)
-        self.opt_d = torch.optim.Adam(D.parameters(), lr=optim.lr_d, betas=optim.betas_d)
+        self.precision = precision or ("bf16" if bf16 else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
+        # Fused Adam on CUDA: one kernel for all parameters, and it honours a GradScaler without a host sync.
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=optim.lr_g, betas=optim.betas_g, **fused)
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=optim.lr_d, betas=optim.betas_d, **fused)
+        self.scaler_d = self.scaler_g = None
+        if self.precision == "fp16":
+            self.scaler_d, self.scaler_g = torch.amp.GradScaler(device.type), torch.amp.GradScaler(device.type)
         self.G_ema = copy.deepcopy(unwrap(G)).eval().requires_grad_(False)
         self.ema_updates = 0
+        self._eager: tuple[nn.Module, nn.Module] | None = None
+        if compile:
+            self._eager = (G, D)
+            self.G = torch.compile(G)
+            if not (loss.r1 > 0 or loss.r2 > 0 or loss.type == "wgan_gp"):
+                self.D = torch.compile(D)
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    @bf16.setter
+    def bf16(self, on: bool) -> None:
+        self.precision = "bf16" if on else "fp32"
+
+    @property
+    def compiled(self) -> bool:
+        """Whether G runs under torch.compile (False after a failed compile fell back to eager)."""
+        return hasattr(self.G, "_orig_mod")
 
     def _autocast(self):
-        if not self.bf16:
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _scale(self, scaler: torch.amp.GradScaler | None) -> torch.Tensor | None:
+        """The scaler's current loss scale as a device tensor (no host sync), or None without fp16."""
+        return None if scaler is None else scaler.scale(torch.ones((), device=self.device))
+
+    def _update(self, loss: torch.Tensor, opt, params, scaler, scale) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Backward and one optimizer step; (gradient norm, skipped: a bool tensor under fp16, else None)."""
+        opt.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            grad_norm = _grad_norm(params)
+            opt.step()
+            return grad_norm, None
+        scaler.scale(loss).backward()
+        # The norm of the scaled gradients over the scale: no unscale_ pass (fused Adam unscales in its
+        # kernel). Inf/NaN in any gradient = a skipped step, as the scaler's own check finds.
+        grad_norm = _grad_norm(params) / scale
+        scaler.step(opt)
+        scaler.update()
+        skipped = ~torch.isfinite(grad_norm)
+        return torch.where(skipped, 0.0, grad_norm), skipped
 
     def _latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, device=self.device)
@@ -82,27 +167,30 @@ class Engine:
         parts = logits.split(n)
         loss = losses.d_loss(spec.type, parts[0], parts[1])
         real_logits, fake_logits = parts[0].detach(), parts[1].detach()
+        scale = self._scale(self.scaler_d)
         # Bounded health statistics next to the loss (whose scale depends on the loss type).
         stats = {"loss_d": loss.detach(), "critic_gap": losses.critic_gap(real_logits, fake_logits)}
         accuracy = losses.d_accuracy(spec.type, real_logits, fake_logits)
         if accuracy is not None:
             stats["d_accuracy"] = accuracy
         if spec.r1 > 0:
-            r1 = losses.input_gradient_penalty(parts[0], real)
+            r1 = losses.input_gradient_penalty(parts[0], real, scale)
             loss = loss + 0.5 * spec.r1 * r1
             stats["r1"] = r1.detach()
         if spec.r2 > 0:
-            r2 = losses.input_gradient_penalty(parts[1], fake)
+            r2 = losses.input_gradient_penalty(parts[1], fake, scale)
             loss = loss + 0.5 * spec.r2 * r2
             stats["r2"] = r2.detach()
         if spec.type == "wgan_gp":
-            gp = losses.gradient_penalty(parts[2], inputs[2])
+            gp = losses.gradient_penalty(parts[2], inputs[2], scale)
             loss = loss + spec.gp * gp
             stats["gp"] = gp.detach()
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        stats["grad_norm_d"] = nn.utils.clip_grad_norm_(self.D.parameters(), math.inf)
-        self.opt_d.step()
+        stats["grad_norm_d"], skipped = self._update(loss, self.opt_d, self.D.parameters(), self.scaler_d, scale)
+        if skipped is not None:  # an overflowing penalty of a skipped step is no measurement
+            for key in ("r1", "r2", "gp"):
+                if key in stats:
+                    stats[key] = torch.where(skipped, 0.0, stats[key])
+            stats["amp_skipped_d"] = skipped.float()
         return stats
 
     def g_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -116,14 +204,15 @@ class Engine:
                 inputs = torch.cat([real.detach(), fake]) if paired else fake
                 logits = self.D(augment.apply(inputs, self.augment_policy)).float()
             loss = losses.g_loss(self.loss.type, logits[-n:], logits[:n] if paired else None)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.G.parameters(), math.inf)
-            self.opt_g.step()
+            scale = self._scale(self.scaler_g)
+            grad_norm, skipped = self._update(loss, self.opt_g, self.G.parameters(), self.scaler_g, scale)
         finally:
             self.D.requires_grad_(True)
         self.update_ema()
-        return {"loss_g": loss.detach(), "grad_norm_g": grad_norm}
+        stats = {"loss_g": loss.detach(), "grad_norm_g": grad_norm}
+        if skipped is not None:
+            stats["amp_skipped_g"] = skipped.float()
+        return stats
 
     def step(self, real_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """One generator step after `n_critic` discriminator steps (one real batch each).
@@ -133,6 +222,30 @@ class Engine:
         this G, and would overstate how far D is ahead.
         """
         assert len(real_batches) == self.n_critic, f"need {self.n_critic} real batches, got {len(real_batches)}"
+        if self._eager is not None:
+            return self._first_compiled_step(real_batches)
+        return self._step(real_batches)
+
+    def _first_compiled_step(self, real_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The first step under torch.compile (where it compiles); where that fails, one warning, the
+        state and RNG from before it put back, and the step again eager."""
+        eager, self._eager = self._eager, None
+        state, rng = copy.deepcopy(self.state_dict()), _rng_state(self.device)
+        try:
+            return self._step(real_batches)
+        except Exception as e:  # dynamo/inductor errors, a missing compiler, no double backward, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            warnings.warn(
+                f"train.compile: torch.compile failed ({type(e).__name__}: {first[:200]}); running G and D eager",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.G, self.D = eager
+            self.load_state_dict(state)
+            _set_rng_state(rng, self.device)
+            return self._step(real_batches)
+
+    def _step(self, real_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         d_stats = [self.d_step(real) for real in real_batches]
         stats = {k: torch.stack([s[k] for s in d_stats]).mean() for k in d_stats[0]}
         stats.update(self.g_step(real_batches[-1]))
@@ -156,7 +269,7 @@ class Engine:
             group["lr"] = lr_d
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "G": unwrap(self.G).state_dict(),
             "D": unwrap(self.D).state_dict(),
             "G_ema": self.G_ema.state_dict(),
@@ -164,6 +277,9 @@ class Engine:
             "opt_d": self.opt_d.state_dict(),
             "ema_updates": self.ema_updates,
         }
+        if self.scaler_d is not None:  # fp16: the loss scales go on from where they were
+            state["scaler_d"], state["scaler_g"] = self.scaler_d.state_dict(), self.scaler_g.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         unwrap(self.G).load_state_dict(state["G"])
@@ -172,6 +288,19 @@ class Engine:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.ema_updates = state["ema_updates"]
+        if self.scaler_d is not None and "scaler_d" in state:
+            self.scaler_d.load_state_dict(state["scaler_d"])
+            self.scaler_g.load_state_dict(state["scaler_g"])
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def all_finite(stats: dict[str, torch.Tensor]) -> bool:

@@ -108,9 +108,24 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
 
     torch.manual_seed(t.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
     G, D = models.build(spec.model, info.sample_shape)
+    channels_last = use_channels_last(spec.model.arch, device)
+    if channels_last:
+        engine.to_channels_last(G, D)  # before DDP: its buckets follow the parameters' strides
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
     G, D = session.prepare_model(G), session.prepare_model(D)
-    bf16 = use_bf16(t.precision, spec.model.arch, device)
-    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, device, bf16, spec.augment.policy)
+    precision = choose_precision(t.precision, spec.model.arch, device)
+    eng = engine.Engine(
+        G,
+        D,
+        spec.loss,
+        spec.optim,
+        spec.model.latent_dim,
+        device,
+        augment_policy=spec.augment.policy,
+        precision=precision,
+        compile=t.compile,
+    )
 
     start = 0
     ckpt = session.latest_checkpoint()
@@ -126,7 +141,8 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
 
     per_worker_batch = t.batch_size // world
     # Re-seed the data stream on resume; a stream's position is not worth checkpointing.
-    stream = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
+    batches = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
+    stream = Prefetcher(batches, device, channels_last)
     if record is not None:
         # Rows past the checkpoint belong to the attempt that died; this one replays those steps.
         record.truncate_after(start)
@@ -140,7 +156,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     status, metrics, step = "finished", {}, start
     for step in range(start + 1, t.steps + 1):
         _maybe_fail(step, rank)
-        stats = eng.step([next(stream).to(device, non_blocking=True) for _ in range(spec.optim.n_critic)])
+        stats = eng.step([next(stream) for _ in range(spec.optim.n_critic)])
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v  # tensors: no host sync per step
         interval_steps += 1
@@ -188,6 +204,8 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     return {
         "status": status,
         "steps": step,
+        "precision": precision,
+        "compiled": eng.compiled,
         "resumed_from": start,
         "metrics": metrics,
         "health": health.report() if health is not None else None,
@@ -218,15 +236,65 @@ def _new_signals(health: HealthMonitor | None, step: int, metrics: dict) -> list
 CONV_ARCHS = ("dcgan", "resnet")
 
 
-def use_bf16(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> bool:
-    """Whether the step runs under bf16 autocast: when asked for, or with `auto` for conv nets on a
-    GPU that has bf16. Never by default for the mlp: its inputs are 2-D points or vectors, and bf16's
-    8-bit mantissa quantises them (a mixture mode's std of 0.01 at radius 1 is a few bf16 steps)."""
+def choose_precision(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> str:
+    """fp32 | bf16 | fp16: what the step runs in. An explicit `train.precision` is honoured; `auto` is
+    fp32 except for conv nets on a GPU: bf16 autocast where the GPU has bf16 natively (Ampere and newer;
+    emulated bf16 does not count), else fp16 autocast with a GradScaler. Never by default for the mlp:
+    its inputs are 2-D points or vectors, and a 16-bit mantissa quantises them (a mixture mode's std of
+    0.01 at radius 1 is a few bf16 steps)."""
     if precision != "auto":
-        return precision == "bf16"
+        return precision
     if arch not in CONV_ARCHS or device.type != "cuda":
-        return False
-    return torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+        return "fp32"
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16" if bf16_supported else "fp16"
+
+
+def use_channels_last(arch: str, device: torch.device) -> bool:
+    """NHWC conv weights and images: for conv nets on a GPU (the CPU path stays as it was)."""
+    return arch in CONV_ARCHS and device.type == "cuda"
+
+
+class Prefetcher:
+    """The batches of `stream` on `device`. On CUDA each batch is pinned and copied on a side stream one
+    batch ahead (non_blocking), so the copy overlaps the step before it and the host never waits for it;
+    `channels_last` puts image batches in NHWC order there too. On the CPU: the stream as it is."""
+
+    def __init__(self, stream, device: torch.device, channels_last: bool = False):
+        self.stream, self.device, self.channels_last = iter(stream), device, channels_last
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.copy_stream = torch.cuda.Stream(device)
+            self._next = self._load()
+
+    def _load(self) -> torch.Tensor | None:
+        try:
+            batch = next(self.stream)
+        except StopIteration:
+            return None
+        with torch.cuda.stream(self.copy_stream):
+            if batch.device.type == "cpu" and not batch.is_pinned():
+                batch = batch.pin_memory()
+            batch = batch.to(self.device, non_blocking=True)
+            if self.channels_last and batch.dim() == 4:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if not self.cuda:
+            return next(self.stream).to(self.device)
+        batch = self._next
+        if batch is None:
+            raise StopIteration
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.copy_stream)  # the copy of this batch is done before the step reads it
+        batch.record_stream(current)  # its memory (allocated on the copy stream) is not reused too early
+        self._next = self._load()
+        return batch
 
 
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:

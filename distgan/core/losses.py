@@ -78,26 +78,32 @@ def g_loss(kind: str, fake_logits: Tensor, real_logits: Tensor | None = None) ->
     return _G_LOSSES_PAIRED[kind](_flat(real_logits), _flat(fake_logits))
 
 
-def _input_grad(logits: Tensor, inputs: Tensor) -> Tensor:
+def _input_grad(logits: Tensor, inputs: Tensor, scale: Tensor | None = None) -> Tensor:
     # Summing the logits gives each sample's gradient w.r.t. its own input,
     # since samples do not interact in D. create_graph keeps the penalty
     # differentiable w.r.t. D's parameters.
-    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    if scale is None:
+        (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    else:
+        # fp16 autocast (the AMP docs' gradient-penalty recipe): differentiate the GradScaler-scaled
+        # output, so the fp16 backward through D does not underflow, then unscale (out of place).
+        (grad,) = torch.autograd.grad(logits.sum() * scale, inputs, create_graph=True)
+        grad = grad / scale
     return grad.reshape(grad.shape[0], -1)
 
 
-def input_gradient_penalty(logits: Tensor, inputs: Tensor) -> Tensor:
+def input_gradient_penalty(logits: Tensor, inputs: Tensor, scale: Tensor | None = None) -> Tensor:
     """Mean over the batch of ||dD/dx||^2 (R1 on real inputs, R2 on fakes).
 
     ``inputs`` must require grad and ``logits`` must be computed from it.
-    The caller multiplies by gamma / 2.
+    The caller multiplies by gamma / 2. ``scale``: the GradScaler's loss scale under fp16 (or None).
     """
-    return _input_grad(logits, inputs).pow(2).sum(dim=1).mean()
+    return _input_grad(logits, inputs, scale).pow(2).sum(dim=1).mean()
 
 
-def gradient_penalty(logits: Tensor, interpolates: Tensor) -> Tensor:
+def gradient_penalty(logits: Tensor, interpolates: Tensor, scale: Tensor | None = None) -> Tensor:
     """WGAN-GP: mean over the batch of (||dD/dx||_2 - 1)^2 at ``interpolates``."""
-    return (_input_grad(logits, interpolates).norm(2, dim=1) - 1).pow(2).mean()
+    return (_input_grad(logits, interpolates, scale).norm(2, dim=1) - 1).pow(2).mean()
 
 
 # D's decisions, per loss: which real and fake logits count as classified right. A bounded number

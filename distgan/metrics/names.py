@@ -10,7 +10,9 @@ LOSS_AND_GRAD = ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")
 PENALTIES = ("r1", "r2", "gp")
 # D's health next to its loss (bounded, comparable across losses): see distgan.core.losses.
 D_HEALTH = ("d_accuracy", "critic_gap")
-LOOP = (*LOSS_AND_GRAD, *D_HEALTH, *PENALTIES, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d")
+# fp16 only: the fraction of D's and G's optimizer steps the GradScaler skipped (gradients overflowed).
+AMP = ("amp_skipped_d", "amp_skipped_g")
+LOOP = (*LOSS_AND_GRAD, *D_HEALTH, *PENALTIES, *AMP, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d")
 
 MIXTURE = ("modes", "high_quality", "reverse_kl")  # 2-D mixtures (metrics.mixture)
 MIXTURE_SCORE = "mixture_score"  # modes + high_quality: one number that orders mixture runs

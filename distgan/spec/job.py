@@ -108,7 +108,10 @@ class TrainSpec(Section):
     eval_samples: int = Field(2500, ge=16)  # samples drawn from EMA-G at each eval
     final_eval_seeds: int = Field(10, ge=1)  # the final mixture metrics average this many seeds
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast for conv nets on a bf16 GPU, else fp32
+    # auto: conv nets on a GPU run bf16 autocast (fp16 autocast + GradScaler where the GPU lacks native
+    # bf16); everything else fp32. The run result says which ran (`precision`).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False  # torch.compile G and D (falls back to eager, with one warning, where it fails)
     max_failures: int = Field(3, ge=0)  # worker-group restarts from the latest checkpoint
     stop_on_failure: bool = False  # end the run (status diverged) when a health signal fires
     name: str | None = None  # run name; reusing one resumes that run

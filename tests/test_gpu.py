@@ -1,0 +1,150 @@
+"""On a CUDA GPU only (skipped elsewhere, never faked): the GPU path against the CPU's, resume, bf16, eval.
+
+Run on the device machine with `python -m pytest -q tests/test_gpu.py` (see README, GPUs)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import REPO
+
+from distgan import data, models
+from distgan.core import checkpoint, engine, loop
+from distgan.spec.job import JobSpec, load_spec
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+SMALL = [
+    "train.batch_size=64",
+    "train.eval_every=10",
+    "train.checkpoint_every=10",
+    "train.eval_samples=200",
+    "train.final_eval_seeds=1",
+    "model.g_hidden=[32,32]",
+    "model.d_hidden=[32,32]",
+]
+IMAGE = [
+    "data.name=digits",
+    "model.arch=dcgan",
+    "model.base_channels=16",
+    "train.batch_size=64",
+    "train.eval_every=10",
+    "train.checkpoint_every=10",
+    "train.eval_samples=200",
+    "metrics.final_samples=200",
+    "metrics.reference_samples=200",
+    "metrics.feature_net=digits",
+]
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 without TF32 and with deterministic cuDNN, so that the GPU's numbers follow the CPU's."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+    torch.backends.cudnn.deterministic = False
+
+
+@pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("dcgan", (1, 16, 16))])
+def test_fp32_steps_on_the_gpu_follow_the_cpu(exact_fp32, arch, shape):
+    spec = JobSpec.model_validate(
+        {
+            "data": {"name": "ring8" if arch == "mlp" else "digits"},
+            "model": {"arch": arch, "latent_dim": 8, "g_hidden": [32], "d_hidden": [32], "base_channels": 8},
+            "loss": {"r1": 0.1},
+        }
+    )
+    torch.manual_seed(0)
+    G, D = models.build(spec.model, shape)
+    engines = {}
+    for dev in (torch.device("cpu"), CUDA):
+        g, d = copy.deepcopy(G).to(dev), copy.deepcopy(D).to(dev)
+        if loop.use_channels_last(arch, dev):
+            engine.to_channels_last(g, d)
+        eng = engine.Engine(g, d, spec.loss, spec.optim, 8, dev, precision="fp32")
+        latents = torch.Generator().manual_seed(1)  # the same latents on both: drawn on the CPU
+        eng._latents = lambda n, eng=eng, gen=latents: torch.randn(n, eng.latent_dim, generator=gen).to(eng.device)
+        engines[dev.type] = eng
+    reals = torch.Generator().manual_seed(2)
+    for _ in range(10):
+        real = torch.rand(32, *shape, generator=reals) * 2 - 1
+        cpu, gpu = engines["cpu"].step([real]), engines["cuda"].step([real.to(CUDA)])
+    for key in ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "r1"):
+        torch.testing.assert_close(gpu[key].cpu(), cpu[key], rtol=2e-3, atol=1e-5, msg=key)
+
+
+def _run(tmp_path, steps: int, *overrides: str):
+    spec = load_spec(None, [*SMALL, f"train.steps={steps}", *overrides])
+    session = loop.LocalSession(tmp_path / "run", device="cuda")
+    return loop.run(spec, data.inspect(spec.data), session), session
+
+
+def test_kill_and_resume_on_cuda_restores_the_step_and_the_rng(tmp_path):
+    full, _ = _run(tmp_path / "full", 20)
+    _run(tmp_path / "cut", 10)  # "killed" after the checkpoint at step 10
+    state = checkpoint.read(checkpoint.latest(tmp_path / "cut" / "run"))
+    assert state["step"] == 10 and "cuda" in state["rng"][0]  # the GPU generator's state is kept
+    resumed, session = _run(tmp_path / "cut", 20)
+    assert resumed["resumed_from"] == 10 and resumed["steps"] == 20
+    assert [r["step"] for r in session.reports] == [20]
+    # A resumed data stream is reseeded (loop.run), so the weights differ from the uncut run's; what must
+    # hold is that the GPU generator goes on from the checkpoint's state (one rank, same world size).
+    torch.cuda.set_rng_state(state["rng"][0]["cuda"], CUDA)
+    after = torch.randn(4, device=CUDA)
+    loop.restore_rng(state["rng"], 0, 1, 0, 10, CUDA)
+    torch.testing.assert_close(torch.randn(4, device=CUDA), after, rtol=0, atol=0)
+    assert full["steps"] == 20 and full["status"] == resumed["status"] == "finished"
+
+
+def test_bf16_end_to_end_on_a_conv_net(tmp_path):
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no native bf16")
+    spec = load_spec(None, [*IMAGE, "train.steps=20"])
+    result = loop.run(spec, data.inspect(spec.data), loop.LocalSession(tmp_path / "run", device="cuda"))
+    assert result["precision"] == "bf16" and result["status"] == "finished"  # auto: bf16 for dcgan on this GPU
+    assert all(v == v and abs(v) != float("inf") for v in result["metrics"].values())
+
+
+def test_fp16_with_grad_scalers_end_to_end(tmp_path):
+    spec = load_spec(None, [*IMAGE, "train.steps=20", "train.precision=fp16", "loss.r1=0.1"])
+    result = loop.run(spec, data.inspect(spec.data), loop.LocalSession(tmp_path / "run", device="cuda"))
+    assert result["precision"] == "fp16" and result["status"] == "finished"
+    assert 0 <= result["metrics"]["amp_skipped_d"] < 1
+
+
+def test_eval_of_a_checkpoint_trained_on_the_gpu(tmp_path):
+    from distgan.commands.evaluate import evaluate
+
+    spec = load_spec(None, [*IMAGE, "train.steps=10"])
+    loop.run(spec, data.inspect(spec.data), loop.LocalSession(tmp_path / "run", device="cuda"))
+    out = evaluate(str(tmp_path / "run"), None, 200, 0, None, None)
+    text = json.dumps(out, default=str)
+    assert "fd_digits" in text, text[:500]
+
+
+def test_the_prefetcher_yields_the_same_batches_on_the_gpu():
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(4)]
+    got = list(loop.Prefetcher(iter(batches), CUDA, channels_last=True))
+    assert len(got) == 4
+    for a, b in zip(got, batches):
+        assert a.is_cuda and a.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a.cpu(), b)
+
+
+def test_benchmark_runs_on_the_gpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_step", REPO / "benchmarks" / "gpu_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(
+        ["--device", "cuda", "--batch", "64", "--steps", "3", "--warmup", "1", "--reps", "1", "--skip-ray"]
+    )
+    assert all(row["bare"] > 0 and row["engine"] > 0 and row["engine_mem_gib"] > 0 for row in out["rows"])
