@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, MlflowServer, free_port, read_json, run_cli
@@ -327,3 +328,53 @@ def test_run_record_keeps_the_resumed_trajectory(tmp_path):
     record.truncate_after(0)  # restarted before any checkpoint: nothing of the dead attempt stays
     assert record.metric_history() == []
     assert record.close() == 0
+
+
+def _image_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    """Steps of the full-size images MLflow holds under `key` (`images/<key>+step+<S>+timestamp+...png`)."""
+    paths = [a.path.removeprefix("images/") for a in client.list_artifacts(run_id, "images")]
+    return sorted(int(p.split("+")[2]) for p in paths if p.startswith(f"{key}+step+") and p.endswith(".png"))
+
+
+def test_run_record_sends_step_images_and_system_metrics(mlflow_server, tmp_path, monkeypatch):
+    from conftest import png_bytes
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("record-test") or client.get_experiment(client.create_experiment("record-test"))
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    tracking_run = {"uri": mlflow_server.uri, "run_id": run_id}
+    png = png_bytes(np.full((8, 8), 128, dtype=np.uint8))
+
+    record = RunRecord(tmp_path / "rec", tracking_run, system_metrics=True)
+    for step in (10, 20):
+        record.log_metrics({"loss_d": float(step)}, step)
+        record.log_image(png, f"samples_{step:07d}.png", step)
+    time.sleep(3)  # the monitor samples every second
+    assert record.close() == 0
+    assert _image_steps(client, run_id, "samples") == [10, 20]
+    assert sorted(p.name for p in (tmp_path / "rec" / "images").iterdir()) == [
+        "samples_0000010.png",
+        "samples_0000020.png",
+    ]
+    metrics = client.get_run(run_id).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    first = [m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")]
+    assert first and first == list(range(len(first)))
+
+    # a restarted attempt replays step 20: its image is recorded once; the system metrics' steps go on
+    record = RunRecord(tmp_path / "rec", tracking_run, system_metrics=True)
+    record.truncate_after(10)
+    for step in (20, 30):
+        record.log_metrics({"loss_d": -float(step)}, step)
+        record.log_image(png, f"samples_{step:07d}.png", step)
+    time.sleep(2)
+    assert record.close() == 0
+    assert _image_steps(client, run_id, "samples") == [10, 20, 30]
+    again = [m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")]
+    assert again[: len(first)] == first and again[len(first) :] == list(range(len(first), len(again)))
+    assert len(again) > len(first)
+    # without --system-metrics there is no monitor
+    plain = RunRecord(tmp_path / "rec2", tracking_run)
+    assert plain.monitor is None and plain.close() == 0
