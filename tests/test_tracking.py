@@ -378,3 +378,66 @@ def test_run_record_sends_step_images_and_system_metrics(mlflow_server, tmp_path
     # without --system-metrics there is no monitor
     plain = RunRecord(tmp_path / "rec2", tracking_run)
     assert plain.monitor is None and plain.close() == 0
+
+
+def test_open_run_logs_dataset_source_tags_and_description(mlflow_server, tmp_path, monkeypatch):
+    import json as json_
+
+    from conftest import blob_images, write_image_parquet
+
+    from distgan import data
+    from distgan.spec.job import JobSpec
+    from distgan.tracking import run as tracking_run
+
+    monkeypatch.chdir(REPO)  # a git checkout: the commit tag
+    client = MlflowClient(mlflow_server.uri)
+    write_image_parquet(tmp_path / "blobs.parquet", blob_images(12, 8))
+    cases = {
+        "ring8": JobSpec.model_validate({"data": {"name": "ring8", "seed": 3}, "train": {"name": "ds-ring8"}}),
+        "parquet": JobSpec.model_validate(
+            {
+                "data": {"name": "parquet", "path": str(tmp_path / "blobs.parquet"), "column": "image"},
+                "model": {"arch": "dcgan"},
+                "train": {"name": "ds-parquet", "steps": 60},
+            }
+        ),
+    }
+    digests = {}
+    for key, spec in cases.items():
+        info = data.inspect(spec.data)
+        run_id = tracking_run.open_run(mlflow_server.uri, "dataset-test", spec, tmp_path / key, {}, info)
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == "distgan train" and tags["mlflow.source.type"] == "LOCAL"
+        assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.source.git.commit"] == tags["git.commit"]
+        (inp,) = run.inputs.dataset_inputs
+        ds = inp.dataset
+        assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "train"}
+        profile = json_.loads(ds.profile)
+        assert profile == {"kind": info.kind, "sample_shape": list(info.sample_shape), "num_rows": info.num_rows}
+        assert json_.loads(ds.schema)["mlflow_colspec"][0]["tensor-spec"]["shape"] == [-1, *info.sample_shape]
+        digests[key] = ds.digest
+        if key == "ring8":
+            assert ds.name == "ring8" and ds.source_type == "code"
+            assert json_.loads(ds.source) == {"tags": {"builtin": "distgan.data.builtin:ring8", "data.seed": "3"}}
+            assert tags["mlflow.note.content"].startswith("mlp GAN (latent 64) on ring8, mixture samples of shape [2]")
+        else:
+            assert ds.name == "blobs.parquet" and ds.source_type == "local"
+            assert json_.loads(ds.source) == {"uri": str(tmp_path / "blobs.parquet")}
+            assert "dcgan GAN (latent 64) on parquet (" in tags["mlflow.note.content"]
+            assert "60 generator steps of batch 512 on 1 CPU worker" in tags["mlflow.note.content"]
+        tracking_run.append_note(mlflow_server.uri, run_id, "**finished** after 60 steps: modes 8")
+        note = client.get_run(run_id).data.tags["mlflow.note.content"]
+        assert note.endswith(".\n\n**finished** after 60 steps: modes 8")
+    assert len(digests["ring8"]) == len(digests["parquet"]) == 10
+    # the digest is the content's: the same bytes elsewhere give the same digest, other bytes another
+    parquet = cases["parquet"].data
+    moved = parquet.model_copy(update={"path": str(tmp_path / "copy" / "blobs.parquet")})
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "blobs.parquet").write_bytes((tmp_path / "blobs.parquet").read_bytes())
+    info = data.inspect(parquet)
+    assert tracking_run.dataset(moved, info).digest == digests["parquet"]
+    write_image_parquet(tmp_path / "copy" / "blobs.parquet", blob_images(12, 8, seed=1))
+    assert tracking_run.dataset(moved, info).digest != digests["parquet"]
+    other_seed = cases["ring8"].data.model_copy(update={"seed": 4})
+    assert tracking_run.dataset(other_seed, data.inspect(other_seed)).digest != digests["ring8"]
