@@ -205,10 +205,11 @@ def test_server_stopped_and_restarted_mid_run_loses_nothing(tmp_path):
 
 PYFUNC_CHECK = """
 import json, sys
-import mlflow, numpy as np
+import mlflow, numpy as np, torch
 model = mlflow.pyfunc.load_model(sys.argv[1])
 z = np.load(sys.argv[2])
-print(json.dumps({"one": model.predict(z[:1]).tolist(), "many": model.predict(z).tolist()}))
+native = mlflow.pytorch.load_model(sys.argv[1])(torch.from_numpy(z)).detach().numpy()
+print(json.dumps({"one": model.predict(z[:1]).tolist(), "many": model.predict(z).tolist(), "native": native.tolist()}))
 """
 
 
@@ -228,6 +229,7 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
         mlflow_server.uri,
         "--register",
         "ring8-pull",
+        "--system-metrics",
         "--json-out",
         str(out),
         "--set",
@@ -237,11 +239,22 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
         "--set",
         f"train.storage_path={tmp_path}",
         cwd=tmp_path,
+        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
     assert res["model_uri"] == "models:/ring8-pull/1" and res["champion"] is True
     assert "registered models:/ring8-pull/1 (champion)" in r.stdout
+    assert "Add type hints" not in r.stdout + r.stderr
+
+    # the run: rank 0's system metrics, the sample scatter at each eval as a step image, the result in its description
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(res["mlflow_run_id"])
+    assert 0 <= run.data.metrics["system/cpu_utilization_percentage"] <= 100
+    assert _image_steps(client, run.info.run_id, "samples") == [100, 200]
+    headline = f"**finished** after 200 steps: modes {res['metrics']['modes']:.3g}  high_quality "
+    assert headline in run.data.tags["mlflow.note.content"].split("\n\n")[-1]
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["ring8"]
 
     # distgan pull in a fresh process, by alias
     pulled = tmp_path / "pulled"
@@ -307,6 +320,7 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     expected = G(torch.from_numpy(z)).detach().numpy()
     assert np.array(preds["one"]).shape == (1, 2) and np.array(preds["many"]).shape == (37, 2)
     assert np.allclose(preds["many"], expected, atol=1e-5) and np.allclose(preds["one"], expected[:1], atol=1e-5)
+    assert np.allclose(preds["native"], expected, atol=1e-5)  # mlflow.pytorch.load_model, without distgan too
 
 
 def test_run_record_keeps_the_resumed_trajectory(tmp_path):
@@ -441,3 +455,75 @@ def test_open_run_logs_dataset_source_tags_and_description(mlflow_server, tmp_pa
     assert tracking_run.dataset(moved, info).digest != digests["parquet"]
     other_seed = cases["ring8"].data.model_copy(update={"seed": 4})
     assert tracking_run.dataset(other_seed, data.inspect(other_seed)).digest != digests["ring8"]
+
+
+def test_registered_generator_loads_with_mlflow_and_serves(mlflow_server, tmp_path):
+    """The native PyTorch flavour: mlflow.pytorch and pyfunc load it (any batch), distgan's hub
+    rebuilds it from the state_dict, and `mlflow models serve` answers /invocations with its samples."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    import mlflow
+
+    from distgan.tracking import hub
+
+    uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
+    t0 = time.perf_counter()
+    run_id, model_uri = _tiny_generator_run(uri, client)
+    reg = registry.register(uri, model_uri, "served-gan", "mixture", {"modes": 3.0, "high_quality": 0.5}, {}, "d")
+    took = time.perf_counter() - t0
+    assert took < 5, took  # README: log_model + register in about a second
+    G, meta = hub.load_generator(reg["model_uri"], uri)
+    z = np.random.default_rng(0).standard_normal((37, 2)).astype(np.float32)
+    expected = G(torch.from_numpy(z)).detach().numpy()
+    for other in ("models:/served-gan@champion", f"runs:/{run_id}/generator"):
+        assert np.array_equal(hub.load_generator(other, uri)[0](torch.from_numpy(z)).detach().numpy(), expected)
+
+    with tracking.fluent_uri(uri):
+        native = mlflow.pytorch.load_model(reg["model_uri"])
+        assert np.allclose(native(torch.from_numpy(z)).detach().numpy(), expected, atol=1e-6)
+        pyfunc = mlflow.pyfunc.load_model(reg["model_uri"])
+        assert pyfunc.predict(z[:1]).shape == (1, 2) and np.allclose(pyfunc.predict(z), expected, atol=1e-6)
+        info = mlflow.models.get_model_info(reg["model_uri"])
+    assert set(info.flavors) == {"pytorch", "python_function"}
+    assert info.signature.inputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 2)}}
+    ]
+    assert info.saved_input_example_info["type"] == "ndarray"
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", reg["model_uri"], "--env-manager", "local"]
+        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": z.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        preds = np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"])
+        assert preds.shape == (37, 2) and np.allclose(preds, expected, atol=1e-5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers only
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
