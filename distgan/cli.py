@@ -47,7 +47,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.stop_on_failure:
         overrides.append("train.stop_on_failure=true")
     spec = load_spec(args.job, overrides)
-    tracking = TrackingOptions(not args.no_tracking, args.tracking_uri, args.experiment, args.register, args.generator)
+    tracking = TrackingOptions(
+        not args.no_tracking,
+        args.tracking_uri,
+        args.experiment,
+        args.register,
+        args.generator,
+        system_metrics=args.system_metrics,
+    )
     result = train.train(spec, address=args.address, tracking=tracking, echo=_echo)
     _write_json(args.json_out, result.to_json())
     print(
@@ -279,6 +286,11 @@ def parser() -> argparse.ArgumentParser:
         "no MLflow run (the run directory still records everything)",
     )
     t.add_argument("--generator", choices=["ema", "raw"], default="ema", help="which generator to log (default: ema)")
+    t.add_argument(
+        "--system-metrics",
+        action="store_true",
+        help="record MLflow system metrics (CPU, memory, disk, network, GPU) of rank 0's node as system/* metrics",
+    )
     t.set_defaults(fn=_train)
 
     s = sub.add_parser("search", help="search hyperparameters with Ray Tune (default: jobs/search-grid25.yaml)")

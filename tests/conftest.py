@@ -170,11 +170,12 @@ def pyfunc_venv() -> Path:
         "-c",
         "import mlflow, torch; import importlib.util as u; assert u.find_spec('distgan') is None",
     ]
-    if not (python.exists() and subprocess.run(probe, cwd="/", capture_output=True).returncode == 0):
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a checkout on PYTHONPATH is not "installed"
+    if not (python.exists() and subprocess.run(probe, cwd="/", env=clean, capture_output=True).returncode == 0):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"mlflow=={mlflow.__version__}"],
             check=True,
         )
-        subprocess.run(probe, cwd="/", check=True)
+        subprocess.run(probe, cwd="/", env=clean, check=True)
     return python

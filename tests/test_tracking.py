@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, MlflowServer, free_port, read_json, run_cli
@@ -204,10 +205,11 @@ def test_server_stopped_and_restarted_mid_run_loses_nothing(tmp_path):
 
 PYFUNC_CHECK = """
 import json, sys
-import mlflow, numpy as np
+import mlflow, numpy as np, torch
 model = mlflow.pyfunc.load_model(sys.argv[1])
 z = np.load(sys.argv[2])
-print(json.dumps({"one": model.predict(z[:1]).tolist(), "many": model.predict(z).tolist()}))
+native = mlflow.pytorch.load_model(sys.argv[1])(torch.from_numpy(z)).detach().numpy()
+print(json.dumps({"one": model.predict(z[:1]).tolist(), "many": model.predict(z).tolist(), "native": native.tolist()}))
 """
 
 
@@ -227,6 +229,7 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
         mlflow_server.uri,
         "--register",
         "ring8-pull",
+        "--system-metrics",
         "--json-out",
         str(out),
         "--set",
@@ -236,11 +239,22 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
         "--set",
         f"train.storage_path={tmp_path}",
         cwd=tmp_path,
+        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
     assert res["model_uri"] == "models:/ring8-pull/1" and res["champion"] is True
     assert "registered models:/ring8-pull/1 (champion)" in r.stdout
+    assert "Add type hints" not in r.stdout + r.stderr
+
+    # the run: rank 0's system metrics, the sample scatter at each eval as a step image, the result in its description
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(res["mlflow_run_id"])
+    assert 0 <= run.data.metrics["system/cpu_utilization_percentage"] <= 100
+    assert _image_steps(client, run.info.run_id, "samples") == [100, 200]
+    headline = f"**finished** after 200 steps: modes {res['metrics']['modes']:.3g}  high_quality "
+    assert headline in run.data.tags["mlflow.note.content"].split("\n\n")[-1]
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["ring8"]
 
     # distgan pull in a fresh process, by alias
     pulled = tmp_path / "pulled"
@@ -306,6 +320,7 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     expected = G(torch.from_numpy(z)).detach().numpy()
     assert np.array(preds["one"]).shape == (1, 2) and np.array(preds["many"]).shape == (37, 2)
     assert np.allclose(preds["many"], expected, atol=1e-5) and np.allclose(preds["one"], expected[:1], atol=1e-5)
+    assert np.allclose(preds["native"], expected, atol=1e-5)  # mlflow.pytorch.load_model, without distgan too
 
 
 def test_run_record_keeps_the_resumed_trajectory(tmp_path):
@@ -390,3 +405,188 @@ def test_champion_lookup_none_only_when_there_is_none(mlflow_server):
     with pytest.raises(Exception) as e:
         registry._champion(dead, name)
     assert "Connection" in str(e.value) or "connect" in str(e.value).lower()
+
+
+def _image_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    """Steps of the full-size images MLflow holds under `key` (`images/<key>+step+<S>+timestamp+...png`)."""
+    paths = [a.path.removeprefix("images/") for a in client.list_artifacts(run_id, "images")]
+    return sorted(int(p.split("+")[2]) for p in paths if p.startswith(f"{key}+step+") and p.endswith(".png"))
+
+
+def test_run_record_sends_step_images_and_system_metrics(mlflow_server, tmp_path, monkeypatch):
+    from conftest import png_bytes
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("record-test") or client.get_experiment(client.create_experiment("record-test"))
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    tracking_run = {"uri": mlflow_server.uri, "run_id": run_id}
+    png = png_bytes(np.full((8, 8), 128, dtype=np.uint8))
+
+    record = RunRecord(tmp_path / "rec", tracking_run, system_metrics=True)
+    for step in (10, 20):
+        record.log_metrics({"loss_d": float(step)}, step)
+        record.log_image(png, f"samples_{step:07d}.png", step)
+    time.sleep(3)  # the monitor samples every second
+    assert record.close() == 0
+    assert _image_steps(client, run_id, "samples") == [10, 20]
+    assert sorted(p.name for p in (tmp_path / "rec" / "images").iterdir()) == [
+        "samples_0000010.png",
+        "samples_0000020.png",
+    ]
+    metrics = client.get_run(run_id).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    first = [m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")]
+    assert first and first == list(range(len(first)))
+
+    # a restarted attempt replays step 20: its image is recorded once; the system metrics' steps go on
+    record = RunRecord(tmp_path / "rec", tracking_run, system_metrics=True)
+    record.truncate_after(10)
+    for step in (20, 30):
+        record.log_metrics({"loss_d": -float(step)}, step)
+        record.log_image(png, f"samples_{step:07d}.png", step)
+    time.sleep(2)
+    assert record.close() == 0
+    assert _image_steps(client, run_id, "samples") == [10, 20, 30]
+    again = [m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")]
+    assert again[: len(first)] == first and again[len(first) :] == list(range(len(first), len(again)))
+    assert len(again) > len(first)
+    # without --system-metrics there is no monitor
+    plain = RunRecord(tmp_path / "rec2", tracking_run)
+    assert plain.monitor is None and plain.close() == 0
+
+
+def test_open_run_logs_dataset_source_tags_and_description(mlflow_server, tmp_path, monkeypatch):
+    import json as json_
+
+    from conftest import blob_images, write_image_parquet
+
+    from distgan import data
+    from distgan.spec.job import JobSpec
+    from distgan.tracking import run as tracking_run
+
+    monkeypatch.chdir(REPO)  # a git checkout: the commit tag
+    client = MlflowClient(mlflow_server.uri)
+    write_image_parquet(tmp_path / "blobs.parquet", blob_images(12, 8))
+    cases = {
+        "ring8": JobSpec.model_validate({"data": {"name": "ring8", "seed": 3}, "train": {"name": "ds-ring8"}}),
+        "parquet": JobSpec.model_validate(
+            {
+                "data": {"name": "parquet", "path": str(tmp_path / "blobs.parquet"), "column": "image"},
+                "model": {"arch": "dcgan"},
+                "train": {"name": "ds-parquet", "steps": 60},
+            }
+        ),
+    }
+    digests = {}
+    for key, spec in cases.items():
+        info = data.inspect(spec.data)
+        run_id = tracking_run.open_run(mlflow_server.uri, "dataset-test", spec, tmp_path / key, {}, info)
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == "distgan train" and tags["mlflow.source.type"] == "LOCAL"
+        assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.source.git.commit"] == tags["git.commit"]
+        (inp,) = run.inputs.dataset_inputs
+        ds = inp.dataset
+        assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "train"}
+        profile = json_.loads(ds.profile)
+        assert profile == {"kind": info.kind, "sample_shape": list(info.sample_shape), "num_rows": info.num_rows}
+        assert json_.loads(ds.schema)["mlflow_colspec"][0]["tensor-spec"]["shape"] == [-1, *info.sample_shape]
+        digests[key] = ds.digest
+        if key == "ring8":
+            assert ds.name == "ring8" and ds.source_type == "code"
+            assert json_.loads(ds.source) == {"tags": {"builtin": "distgan.data.builtin:ring8", "data.seed": "3"}}
+            assert tags["mlflow.note.content"].startswith("mlp GAN (latent 64) on ring8, mixture samples of shape [2]")
+        else:
+            assert ds.name == "blobs.parquet" and ds.source_type == "local"
+            assert json_.loads(ds.source) == {"uri": str(tmp_path / "blobs.parquet")}
+            assert "dcgan GAN (latent 64) on parquet (" in tags["mlflow.note.content"]
+            assert "60 generator steps of batch 512 on 1 CPU worker" in tags["mlflow.note.content"]
+        tracking_run.append_note(mlflow_server.uri, run_id, "**finished** after 60 steps: modes 8")
+        note = client.get_run(run_id).data.tags["mlflow.note.content"]
+        assert note.endswith(".\n\n**finished** after 60 steps: modes 8")
+    assert len(digests["ring8"]) == len(digests["parquet"]) == 10
+    # the digest is the content's: the same bytes elsewhere give the same digest, other bytes another
+    parquet = cases["parquet"].data
+    moved = parquet.model_copy(update={"path": str(tmp_path / "copy" / "blobs.parquet")})
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "blobs.parquet").write_bytes((tmp_path / "blobs.parquet").read_bytes())
+    info = data.inspect(parquet)
+    assert tracking_run.dataset(moved, info).digest == digests["parquet"]
+    write_image_parquet(tmp_path / "copy" / "blobs.parquet", blob_images(12, 8, seed=1))
+    assert tracking_run.dataset(moved, info).digest != digests["parquet"]
+    other_seed = cases["ring8"].data.model_copy(update={"seed": 4})
+    assert tracking_run.dataset(other_seed, data.inspect(other_seed)).digest != digests["ring8"]
+
+
+def test_registered_generator_loads_with_mlflow_and_serves(mlflow_server, tmp_path):
+    """The native PyTorch flavour: mlflow.pytorch and pyfunc load it (any batch), distgan's hub
+    rebuilds it from the state_dict, and `mlflow models serve` answers /invocations with its samples."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    import mlflow
+
+    from distgan.tracking import hub
+
+    uri, client = mlflow_server.uri, MlflowClient(mlflow_server.uri)
+    t0 = time.perf_counter()
+    run_id, model_uri = _tiny_generator_run(uri, client)
+    reg = registry.register(uri, model_uri, "served-gan", "mixture", {"modes": 3.0, "high_quality": 0.5}, {}, "d")
+    took = time.perf_counter() - t0
+    assert took < 5, took  # README: log_model + register in about a second
+    G, meta = hub.load_generator(reg["model_uri"], uri)
+    z = np.random.default_rng(0).standard_normal((37, 2)).astype(np.float32)
+    expected = G(torch.from_numpy(z)).detach().numpy()
+    for other in ("models:/served-gan@champion", f"runs:/{run_id}/generator"):
+        assert np.array_equal(hub.load_generator(other, uri)[0](torch.from_numpy(z)).detach().numpy(), expected)
+
+    with tracking.fluent_uri(uri):
+        native = mlflow.pytorch.load_model(reg["model_uri"])
+        assert np.allclose(native(torch.from_numpy(z)).detach().numpy(), expected, atol=1e-6)
+        pyfunc = mlflow.pyfunc.load_model(reg["model_uri"])
+        assert pyfunc.predict(z[:1]).shape == (1, 2) and np.allclose(pyfunc.predict(z), expected, atol=1e-6)
+        info = mlflow.models.get_model_info(reg["model_uri"])
+    assert set(info.flavors) == {"pytorch", "python_function"}
+    assert info.signature.inputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 2)}}
+    ]
+    assert info.saved_input_example_info["type"] == "ndarray"
+
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", reg["model_uri"], "--env-manager", "local"]
+        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": z.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        preds = np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"])
+        assert preds.shape == (37, 2) and np.allclose(preds, expected, atol=1e-5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers only
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

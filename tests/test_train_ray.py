@@ -109,8 +109,9 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path, mlflo
     assert run.data.tags["dataset"] == "grid25" and run.data.tags["workers"] == "2" and run.data.tags["device"] == "cpu"
     for key in ("loss_d", "loss_g", "grad_norm_d", "img_per_s", "modes", "high_quality"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(25, 301, 25)), key
-    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
-    assert {f"samples/samples_{s:07d}.png" for s in range(25, 301, 25)} <= samples
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]  # step images, key "samples"
+    steps = {int(p.split("+")[2]) for p in images if p.startswith("images/samples+step+") and p.endswith(".png")}
+    assert steps == set(range(25, 301, 25))
     assert {a.path for a in client.list_artifacts(run.info.run_id, "curves")} == {
         "curves/losses.png",
         "curves/quality.png",

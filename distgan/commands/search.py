@@ -64,7 +64,7 @@ def search(
         parent = None
         if uri:
             named = spec.model_copy(update={"train": spec.train.model_copy(update={"name": name})})
-            parent = tracking_run.open_search_run(uri, tracking.experiment, named, storage / name, search_spec)
+            parent = tracking_run.open_search_run(uri, tracking.experiment, named, storage / name, search_spec, info)
         dataset = (ray_data.datasets(spec.data, info) or {}).get("train")
         trials, wall = tune.fit_trials(
             spec, search_spec, info, name, str(storage), echo, parent, dataset, preflight.count_modes(spec, info)

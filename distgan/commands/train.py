@@ -76,8 +76,10 @@ def train(
                 f"note: no feature network for {spec.data.name} data, so no image metrics (set "
                 "metrics.feature_net; see README)"
             )
-        run_id = tracking_run.open_run(uri, tracking.experiment, spec, run_dir, _run_tags(spec, info)) if uri else None
-        target = RecordTarget(str(run_dir / "distgan"), uri, run_id)
+        run_id = (
+            tracking_run.open_run(uri, tracking.experiment, spec, run_dir, _run_tags(spec, info), info) if uri else None
+        )
+        target = RecordTarget(str(run_dir / "distgan"), uri, run_id, tracking.system_metrics)
         fit, error, wall = ray_train.fit_with_progress(
             spec, info, target, str(run_dir.parent), echo, ray_data.datasets(spec.data, info)
         )
@@ -147,6 +149,7 @@ def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, trackin
     uri, run_id = result.tracking_uri, result.mlflow_run_id
     # "ok", or the signals that fired: a run that is not ok is never promoted to champion
     health = result.health if isinstance(result.health, str) else ",".join(s["name"] for s in result.health or [])
+    summary = names.summary(result.metrics)
     try:
         tags = {"distgan.health": health or "unknown"}
         if result.precision:
@@ -156,7 +159,6 @@ def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, trackin
             generator = checkpoint.generator(
                 checkpoint.read(result.checkpoint), spec.model, info.sample_shape, tracking.generator
             )
-            summary = names.summary(result.metrics)
             published = registry.publish_generator(
                 uri,
                 run_id,
@@ -180,6 +182,9 @@ def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, trackin
                 published["model_uri"],
                 published["champion"],
             )
+        tracking_run.append_note(
+            uri, run_id, f"**{result.status}** after {result.steps} steps" + (f": {summary}" if summary else "")
+        )
         tracking_run.close_run(uri, run_id, result.status)
     except Exception as e:
         result.tracking_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -70,7 +70,7 @@ class Evaluator:
             return {}
         seed = self.spec.train.seed
         if record is not None:
-            record.log_image(plots.image_grid_png(self._sample(G, 64, seed).numpy()), f"samples_{step:07d}.png")
+            record.log_image(plots.image_grid_png(self._sample(G, 64, seed).numpy()), f"samples_{step:07d}.png", step)
         if self.net is None:
             return {}
         if final:
@@ -90,7 +90,7 @@ class Evaluator:
         n, seed = self.spec.train.eval_samples, self.spec.train.seed
         samples = self._sample(G, n, seed).numpy()
         if record is not None:
-            record.log_image(plots.scatter_png(samples, self.means, f"step {step}"), f"samples_{step:07d}.png")
+            record.log_image(plots.scatter_png(samples, self.means, f"step {step}"), f"samples_{step:07d}.png", step)
         q = self.mixture_over_seeds(G, n, seed) if final else mixture_quality(samples, self.means, self.std)
         # One number that orders runs as (modes, then high_quality) do: for search and ranking.
         return q | {names.MIXTURE_SCORE: q["modes"] + q["high_quality"]}

@@ -72,11 +72,21 @@ def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.
     configure_env()
     # The fluent URI, not download_artifacts(registry_uri=): models:/ URIs resolve through the global one.
     with fluent_uri(tracking_uri):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)) / "artifacts"
-    meta = json.loads((local / "generator.json").read_text())
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    local = _extra_files(model_dir)
+    meta = json.loads((local / registry.META_FILE).read_text())
     generator, _ = models.build(ModelSpec.model_validate(meta["model"]), tuple(meta["sample_shape"]))
-    generator.load_state_dict(torch.load(local / "generator.pt", map_location="cpu", weights_only=True))
+    generator.load_state_dict(torch.load(local / registry.WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return generator.eval(), meta
+
+
+def _extra_files(model_dir: Path) -> Path:
+    """Where a logged generator keeps its state_dict and meta: `extra_files/` of the PyTorch
+    flavour, or `artifacts/` of the pyfunc that distgan logged before it."""
+    for sub in ("extra_files", "artifacts"):
+        if (model_dir / sub / registry.META_FILE).exists():
+            return model_dir / sub
+    raise InputError(f"{model_dir}: not a distgan generator (no {registry.META_FILE})")
 
 
 def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], tracking_uri: str | None = None) -> dict:

@@ -26,6 +26,8 @@ import yaml
 from distgan.tracking.client import mlflow_client
 
 FLUSH_ENV = "DISTGAN_TRACKING_FLUSH_S"
+IMAGE_KEY = "samples"  # the sample grids' key in MLflow (the run's Artifacts -> images, with a step slider)
+SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,11 @@ class RecordTarget:
     dir: str
     tracking_uri: str | None = None
     run_id: str | None = None
+    system_metrics: bool = False  # MLflow's system metrics (CPU, memory, disk, network, GPU) of rank 0's node
 
     def open(self, warn=print) -> RunRecord:
         mlflow_run = {"uri": self.tracking_uri, "run_id": self.run_id} if self.run_id else None
-        return RunRecord(self.dir, mlflow_run, warn)
+        return RunRecord(self.dir, mlflow_run, warn, self.system_metrics)
 
 
 class _Sender(threading.Thread):
@@ -49,6 +52,7 @@ class _Sender(threading.Thread):
         self.uri, self.run_id, self.warn = uri, run_id, warn
         self.pending: queue.Queue = queue.Queue()
         self.delivered, self.dropped, self.last_step = 0, 0, 0
+        self.recorded_before = 0  # the last step an earlier attempt of this run recorded
 
     def put(self, kind: str, payload) -> None:
         self.pending.put((kind, payload))
@@ -62,6 +66,14 @@ class _Sender(threading.Thread):
                 return
             client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
             self.last_step = step  # after the server took it: a failed send is retried, not skipped
+        elif kind == "image":  # (local PNG, step): MLflow's step-aware image, under one key
+            path, step = payload
+            if step <= self.recorded_before:
+                return
+            from PIL import Image
+
+            with Image.open(path) as image:
+                client.log_image(self.run_id, image.convert("RGB"), key=IMAGE_KEY, step=step)
         else:  # "artifact": (local file, artifact dir)
             client.log_artifact(self.run_id, *payload)
 
@@ -79,6 +91,7 @@ class _Sender(threading.Thread):
                         self.last_step = max(
                             (m.step for m in fresh.get_metric_history(self.run_id, "loss_d")), default=0
                         )
+                        self.recorded_before = self.last_step
                         client = fresh
                     self._send(client, *item)
                     break
@@ -132,7 +145,7 @@ def _describe(e: Exception) -> str:
 class RunRecord:
     """Rank 0's writer: `<dir>/metrics.jsonl`, `<dir>/images/` and, when given, the MLflow run."""
 
-    def __init__(self, run_dir: str | Path, tracking: dict | None = None, warn=print):
+    def __init__(self, run_dir: str | Path, tracking: dict | None = None, warn=print, system_metrics: bool = False):
         self.dir = Path(run_dir)
         (self.dir / "images").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
@@ -141,6 +154,7 @@ class RunRecord:
         if tracking:  # everything MLflow (import, client, history) happens on the sender's thread
             self.sender = _Sender(tracking["uri"], tracking["run_id"], warn)
             self.sender.start()
+        self.monitor = _system_monitor(tracking, warn) if tracking and system_metrics else None
 
     def log_spec(self, spec: dict) -> None:
         (self.dir / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -163,11 +177,15 @@ class RunRecord:
             tmp.replace(self.metrics_path)
         self.last_local_step = min(self.last_local_step, step)
 
-    def log_image(self, png: bytes, name: str) -> None:
+    def log_image(self, png: bytes, name: str, step: int | None = None) -> None:
+        """`images/<name>` here; in MLflow an image at `step` under the key `samples` (a plain
+        artifact under `samples/` when there is no step)."""
         path = self.dir / "images" / name
         path.write_bytes(png)
         if self.sender:
-            self.sender.put("artifact", (str(path), "samples"))
+            self.sender.put(
+                *(("image", (str(path), step)) if step is not None else ("artifact", (str(path), "samples")))
+            )
 
     def metric_history(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -176,9 +194,31 @@ class RunRecord:
 
     def close(self) -> int:
         """Flush to MLflow (bounded wait); how many records could not be delivered."""
+        if self.monitor is not None:
+            self.monitor.finish()  # its last samples are flushed
+            self.monitor = None
         if not self.sender:
             return 0
         return self.sender.close(float(os.environ.get(FLUSH_ENV, "300")))
+
+
+def _system_monitor(tracking: dict, warn):
+    """MLflow's SystemMetricsMonitor on the run (`system/*` metrics), resuming its step count; None
+    when it cannot start (the run trains on without)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            tracking["run_id"],
+            sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+            resume_logging=True,
+            tracking_uri=tracking["uri"],
+        )
+        monitor.start()
+        return monitor
+    except Exception as e:
+        warn(f"warning: no system metrics ({type(e).__name__}: {e})")
+        return None
 
 
 def read_spec(run_dir: str | Path) -> dict | None:

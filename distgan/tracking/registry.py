@@ -1,10 +1,11 @@
 """Generators as MLflow models, and the Model Registry: register, the `champion` rule, promote.
 
-A logged generator holds (as model artifacts):
-- `program.pt2`: a `torch.export` program with a dynamic batch dimension, run by the pyfunc
-  (`distgan/tracking/pyfunc.py`), so `mlflow.pyfunc.load_model(uri).predict(latents)` works
-  wherever mlflow and torch are installed, for any batch size, without distgan;
-- `generator.pt` + `generator.json`: the plain state_dict (loads with
+A logged generator is an MLflow model of the native PyTorch flavour:
+- `data/model.pt2`: a `torch.export` program with a dynamic batch dimension, so
+  `mlflow.pytorch.load_model(uri)`, `mlflow.pyfunc.load_model(uri).predict(latents)` and
+  `mlflow models serve -m uri` work wherever mlflow and torch are installed, for any batch size,
+  without distgan; an input example (latents, float32 [4, latent_dim]) and a signature;
+- `extra_files/generator.pt` + `extra_files/generator.json`: the plain state_dict (loads with
   `torch.load(weights_only=True)`) and the architecture, which `distgan.tracking.hub` rebuilds without
   unpickling code.
 
@@ -24,7 +25,6 @@ import json
 import logging
 import re
 import tempfile
-import warnings
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from distgan.metrics.names import is_quality, rank_key
 from distgan.tracking.client import configure_env, fluent_uri, mlflow_client
 
 ALIAS = "champion"
-PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
+WEIGHTS_FILE, META_FILE = "generator.pt", "generator.json"  # in the model's extra_files/
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
 
 
@@ -58,35 +58,27 @@ def generator_meta(model, info, which: str, steps: int) -> dict:
 
 
 def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
-    """Log `generator` (eval mode) to the run; returns its model URI. `meta`: model spec,
-    sample_shape, latent_dim, dataset, kind."""
+    """Log `generator` (eval mode) to the run with MLflow's PyTorch flavour; returns its model URI.
+    `meta`: model spec, sample_shape, latent_dim, dataset, kind."""
     import mlflow
 
     configure_env()
     generator = generator.eval().cpu()
-    latent_dim = meta["latent_dim"]
-    example = torch.randn(4, latent_dim)
-    program = torch.export.export(generator, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    # batch 4, not 1: torch.export fixes a size-1 dimension, and the batch must stay dynamic
+    example = torch.randn(4, meta["latent_dim"], generator=torch.Generator().manual_seed(0)).numpy()
+    with torch.no_grad():
+        signature = mlflow.models.infer_signature(example, generator(torch.from_numpy(example)).numpy())
     with tempfile.TemporaryDirectory() as tmp:
-        torch.export.save(program, f"{tmp}/program.pt2")
-        torch.save(generator.state_dict(), f"{tmp}/generator.pt")
-        Path(f"{tmp}/generator.json").write_text(json.dumps(meta))
-        with torch.no_grad():
-            signature = mlflow.models.infer_signature(example.numpy(), generator(example).numpy())
-        with (
-            fluent_uri(uri),
-            warnings.catch_warnings(),
-            mlflow.start_run(run_id=run_id),
-        ):  # the caller sets the final status
-            warnings.simplefilter("ignore")  # type-hint and input-example nags of models-from-code
-            info = mlflow.pyfunc.log_model(
+        torch.save(generator.state_dict(), f"{tmp}/{WEIGHTS_FILE}")
+        Path(f"{tmp}/{META_FILE}").write_text(json.dumps(meta))
+        with fluent_uri(uri), mlflow.start_run(run_id=run_id):  # the caller sets the final status
+            info = mlflow.pytorch.log_model(
+                generator,
                 name="generator",
-                python_model=str(PYFUNC_FILE),
-                artifacts={
-                    k: f"{tmp}/{f}"
-                    for k, f in (("program", "program.pt2"), ("weights", "generator.pt"), ("meta", "generator.json"))
-                },
+                serialization_format="pt2",
+                input_example=example,
                 signature=signature,
+                extra_files=[f"{tmp}/{WEIGHTS_FILE}", f"{tmp}/{META_FILE}"],
                 # explicit: inferring requirements costs ~7 s per call
                 pip_requirements=[
                     f"mlflow=={mlflow.__version__}",

@@ -1,15 +1,17 @@
 """The MLflow run of a training run or search: what the user asked of MLflow (`TrackingOptions`),
-opening the run on the driver (params, spec, tags), closing it (curves, status), and the target
-rank 0 records into (`RecordTarget`).
+opening the run on the driver (params, spec, tags, the dataset as a run input, a description),
+closing it (curves, status), and the target rank 0 records into (`RecordTarget`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import yaml
 
 from distgan import __version__
 from distgan.core import plots
+from distgan.data import DataInfo, files
 from distgan.metrics.names import is_quality
 from distgan.spec.job import flatten
 from distgan.tracking import registry
@@ -33,6 +36,7 @@ class TrackingOptions:
     experiment: str = "distgan"
     register: str | None = None  # registered model name
     generator: str = "ema"  # which generator to log: "ema" or "raw"
+    system_metrics: bool = False  # MLflow's system metrics of rank 0's node (train only)
 
     def prepare(self) -> str | None:
         """The tracking URI, checked (server reachable, model name valid) before Ray starts; None when off."""
@@ -54,9 +58,25 @@ def _git_commit() -> str | None:
         return None
 
 
-def open_run(uri: str, experiment: str, spec, run_dir: Path, tags: dict[str, str]) -> str:
-    """The MLflow run of this training run: the one recorded in `run_dir` (a resume), or a new one."""
+def open_run(
+    uri: str,
+    experiment: str,
+    spec,
+    run_dir: Path,
+    tags: dict[str, str],
+    info: DataInfo | None = None,
+    command: str = "train",
+) -> str:
+    """The MLflow run of this training run: the one recorded in `run_dir` (a resume), or a new one
+    with params, the spec, tags (MLflow's source and git tags among them), a description and, given
+    `info`, the dataset as the run's input."""
     from mlflow.entities import Param, RunStatus
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_RUN_NOTE,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+    )
 
     client = mlflow_client(uri)
     saved = run_dir / "distgan" / "mlflow.json"
@@ -67,17 +87,101 @@ def open_run(uri: str, experiment: str, spec, run_dir: Path, tags: dict[str, str
             return previous["run_id"]
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    all_tags = {"distgan.version": __version__, **tags}
+    all_tags = {
+        "distgan.version": __version__,
+        MLFLOW_SOURCE_NAME: f"distgan {command}",
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_RUN_NOTE: describe(spec, info),
+        **tags,
+    }
     if commit := _git_commit():
-        all_tags["git.commit"] = commit
+        all_tags["git.commit"] = all_tags[MLFLOW_GIT_COMMIT] = commit
     run = client.create_run(exp_id, run_name=spec.train.name, tags=all_tags)
     run_id = run.info.run_id
+    if info is not None:
+        log_dataset(client, run_id, spec.data, info)
     params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flatten(spec).items()]
     client.log_batch(run_id, params=params)
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment_id": exp_id}))
     return run_id
+
+
+def describe(spec, info: DataInfo | None) -> str:
+    """The run's description (`mlflow.note.content`, Markdown): what is trained, on what, how."""
+    data = spec.data.name + (f" ({spec.data.path})" if spec.data.path else "")
+    if info is not None:
+        data += f", {info.kind} samples of shape {list(info.sample_shape)}"
+    workers = spec.scaling.workers
+    return (
+        f"{spec.model.arch} GAN (latent {spec.model.latent_dim}) on {data}: {spec.loss.type} loss, "
+        f"{spec.train.steps} generator steps of batch {spec.train.batch_size} on {workers} "
+        f"{'GPU' if spec.scaling.gpu else 'CPU'} worker{'s' if workers > 1 else ''} (distgan {__version__})."
+    )
+
+
+def dataset(data, info: DataInfo):
+    """The run's training data as an MLflow dataset: a built-in's name and seed (a code source), or
+    the Parquet/image-folder location (its path or URI); the digest fingerprints the content (the
+    files' bytes, or the built-in's name, seed and shape)."""
+    import numpy as np
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import Schema, TensorSpec
+
+    schema = Schema([TensorSpec(np.dtype("float32"), (-1, *info.sample_shape), "x")])
+    if not data.path:
+        source = CodeDatasetSource({"builtin": f"distgan.data.builtin:{data.name}", "data.seed": str(data.seed)})
+        key = json.dumps([data.name, data.seed, list(info.sample_shape), info.num_rows])
+        return MetaDataset(source, name=data.name, digest=hashlib.sha256(key.encode()).hexdigest()[:10], schema=schema)
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    try:
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": local paths, registered twice
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(data.path)
+    except Exception:  # a location MLflow has no source type for
+        source = CodeDatasetSource({"path": data.path})
+    return MetaDataset(source, name=Path(data.path).name or data.name, digest=_content_digest(data), schema=schema)
+
+
+def _content_digest(data) -> str:
+    """sha256 of the data files (relative path, then bytes), 10 hex digits: the same data anywhere
+    gives the same digest, any change of a byte another."""
+    root = Path(data.path)
+    if data.name == "parquet":
+        paths = files.parquet_files(data.path)
+    else:
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in files.IMAGE_SUFFIXES)
+    h = hashlib.sha256(str(data.column).encode())
+    for p in paths:
+        h.update(str(p.relative_to(root) if p != root else p.name).encode())
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:10]
+
+
+def log_dataset(client, run_id: str, data, info: DataInfo) -> None:
+    """The dataset as the run's input (the run page's "Datasets used"), context `train`, with a
+    profile: kind, sample shape, rows (null: drawn fresh)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    d = dataset(data, info).to_dict()
+    profile = {"kind": info.kind, "sample_shape": list(info.sample_shape), "num_rows": info.num_rows}
+    entity = Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"), json.dumps(profile))
+    client.log_inputs(run_id, [DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
+
+
+def append_note(uri: str, run_id: str, text: str) -> None:
+    """Add a paragraph to the run's description (`mlflow.note.content`)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    client = mlflow_client(uri)
+    note = client.get_run(run_id).data.tags.get(MLFLOW_RUN_NOTE, "")
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, f"{note}\n\n{text}" if note else text)
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
@@ -128,11 +232,13 @@ class SearchRun:
         return RecordTarget(record_dir, self.uri, run.info.run_id)
 
 
-def open_search_run(uri: str, experiment: str, spec, run_dir: Path, search) -> SearchRun:
+def open_search_run(uri: str, experiment: str, spec, run_dir: Path, search, info: DataInfo | None = None) -> SearchRun:
     """The search's parent run: the base job's params, the search's own (`search.*`)."""
     from mlflow.entities import Param
 
-    parent_id = open_run(uri, experiment, spec, run_dir, {"distgan.kind": "search", "dataset": spec.data.name})
+    parent_id = open_run(
+        uri, experiment, spec, run_dir, {"distgan.kind": "search", "dataset": spec.data.name}, info, "search"
+    )
     client = mlflow_client(uri)
     params = {f"search.space.{k}": v for k, v in search.space.items()}
     params |= {f"search.{k}": v for k, v in search.model_dump(exclude={"space"}).items()}
