@@ -45,6 +45,17 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def no_ray_connection_left_behind():
+    """A test that used Ray in this process leaves it disconnected: a later in-process run must start
+    or join the Ray it asks for (Ray Data's background threads can re-initialize a local Ray after a
+    test's own shutdown, and the next `train(address=...)` would then run there)."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`distgan ARGS` in a fresh process, as a user runs it."""
     return subprocess.run(
