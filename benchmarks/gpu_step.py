@@ -11,10 +11,9 @@ For each arch (dcgan, resnet) at 64 px (3 channels) and each batch size, in one 
       `img_per_s` after the first eval interval (warm-up: cudnn autotuning, Ray Data start).
 
 It prints img/s, the ratios b/a and c/a, peak GPU memory (torch.cuda.max_memory_allocated) and the card.
-On the device machine (see ../shared/device/README.md for .devpack/), one command:
+On a GPU machine with distgan installed (where Ray is missing, put its packages on PYTHONPATH first):
 
-    bash .devpack/unpack.sh && export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 && \\
-        python benchmarks/gpu_step.py --device cuda --batch 256 1024 --steps 50
+    python benchmarks/gpu_step.py --device cuda --batch 256 1024 --steps 50
 
 CPU smoke test (seconds; `--skip-ray` leaves out (c)):
 
