@@ -145,3 +145,30 @@ def test_distgan_eval_on_a_checkpoint(tmp_path):
     assert r.returncode == 2 and "makes images; grid25 is 2-D points" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", str(tmp_path / "nope"), cwd=tmp_path)
     assert r.returncode == 2 and "neither a file/directory nor a model URI" in r.stderr
+
+
+def _stacked_evaluator(*overrides: str):
+    spec = config.load_spec(
+        None, ["data.name=stacked_digits", "model.arch=dcgan", "metrics.feature_net=none", *overrides]
+    )
+    return Evaluator(spec, data.inspect(spec.data), torch.device("cpu"))
+
+
+def test_stacked_digits_count_1000_modes_and_the_final_eval_draws_25600():
+    from distgan.data.builtin import stacked_digits_array
+    from distgan.metrics import names
+
+    ev = _stacked_evaluator("train.eval_samples=2000")
+    assert ev.n_modes == 1000
+    images, _ = stacked_digits_array(30_000, seed=1)
+    real = RealDigits(images)
+    final = ev.evaluate(real, step=10, final=True, record=None)
+    assert final["modes"] >= 990 and final["reverse_kl"] < 0.1  # 25,600 samples: every triple seen
+    during = ev.evaluate(real, step=5, final=False, record=None)
+    assert during["modes"] < 900  # 2,000 samples cannot cover 1,000 triples: the final eval draws more
+    collapsed = ev.evaluate(RealDigits(images[:1]), step=10, final=True, record=None)
+    assert collapsed["modes"] == 1 and collapsed["reverse_kl"] == pytest.approx(np.log(1000))
+    assert names.rank_key("image", final) == ("stacked", (final["modes"], -final["reverse_kl"]))
+    assert names.rank_key("image", final) > names.rank_key("image", collapsed)
+    assert names.headline_metric("image", None, "stacked_digits") == "modes"
+    assert not names.lower_is_better("modes")

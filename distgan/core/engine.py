@@ -31,6 +31,18 @@ import torch.nn as nn
 from distgan.core import augment, losses
 from distgan.spec.job import LossSpec, OptimSpec
 
+# optim.lr_schedule: the factor on the spec's learning rates at fraction f in [0, 1] of the run.
+LR_SCHEDULES = {
+    "constant": lambda f: 1.0,
+    "cosine": lambda f: 0.5 * (1 + math.cos(math.pi * f)),
+    "linear": lambda f: 1.0 - f,
+}
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The schedule's factor for generator step `step` (1-based) of `steps`."""
+    return LR_SCHEDULES[schedule](min(max(step - 1, 0) / steps, 1.0))
+
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (or the model itself)."""
