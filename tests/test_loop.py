@@ -22,6 +22,7 @@ SMALL = [
     "train.final_eval_seeds=1",
     "model.g_hidden=[32,32]",
     "model.d_hidden=[32,32]",
+    "optim.lr_schedule=constant",  # the default job decays its lr; these tests read the lr back
 ]
 
 
