@@ -188,3 +188,30 @@ def test_image_metrics_do_not_depend_on_the_number_of_workers():
     rank0 = Evaluator(spec, info, cpu, rank=0, world=2, gather=lambda obj: [obj, sent[0]])
     two = rank0.image_metrics(G, 2500, seed=3)
     assert two == pytest.approx(one, rel=1e-9, abs=1e-12)
+
+
+def _stacked_evaluator(*overrides: str):
+    spec = config.load_spec(
+        None, ["data.name=stacked_digits", "model.arch=dcgan", "metrics.feature_net=none", *overrides]
+    )
+    return Evaluator(spec, data.inspect(spec.data), torch.device("cpu"))
+
+
+def test_stacked_digits_count_1000_modes_and_the_final_eval_draws_25600():
+    from distgan.data.builtin import stacked_digits_array
+    from distgan.metrics import names
+
+    ev = _stacked_evaluator("train.eval_samples=2000")
+    assert ev.n_modes == 1000
+    images, _ = stacked_digits_array(30_000, seed=1)
+    real = RealDigits(images)
+    final = ev.evaluate(real, step=10, final=True, record=None)
+    assert final["modes"] >= 990 and final["reverse_kl"] < 0.1  # 25,600 samples: every triple seen
+    during = ev.evaluate(real, step=5, final=False, record=None)
+    assert during["modes"] < 900  # 2,000 samples cannot cover 1,000 triples: the final eval draws more
+    collapsed = ev.evaluate(RealDigits(images[:1]), step=10, final=True, record=None)
+    assert collapsed["modes"] == 1 and collapsed["reverse_kl"] == pytest.approx(np.log(1000))
+    assert names.rank_key("image", final) == ("stacked", (final["modes"], -final["reverse_kl"]))
+    assert names.rank_key("image", final) > names.rank_key("image", collapsed)
+    assert names.headline_metric("image", None, "stacked_digits") == "modes"
+    assert not names.lower_is_better("modes")

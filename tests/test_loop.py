@@ -22,6 +22,7 @@ SMALL = [
     "train.final_eval_seeds=1",
     "model.g_hidden=[32,32]",
     "model.d_hidden=[32,32]",
+    "optim.lr_schedule=constant",  # the default job decays its lr; these tests read the lr back
 ]
 
 
@@ -230,3 +231,14 @@ def test_a_resume_replaces_the_rows_of_the_dead_trajectory(tmp_path, monkeypatch
     assert result["resumed_from"] == 30
     rows = [json.loads(line) for line in (tmp_path / "run/distgan/metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["lr_g"]) for r in rows] == [(20, 1e-4), (40, 2e-4), (60, 2e-4)]
+
+
+def test_a_cosine_lr_schedule_decays_to_zero_over_the_run(tmp_path):
+    assert engine.lr_factor("cosine", 1, 100) == 1.0 and engine.lr_factor("constant", 100, 100) == 1.0
+    assert engine.lr_factor("linear", 51, 100) == pytest.approx(0.5)
+    _, session = _run(tmp_path, 60, "optim.lr_schedule=cosine", "optim.lr_g=1e-3", "optim.lr_d=2e-3")
+    lrs = {r["step"]: (r["lr_g"], r["lr_d"]) for r in session.reports if "lr_g" in r}
+    assert lrs[20] == pytest.approx(
+        (1e-3 * engine.lr_factor("cosine", 20, 60), 2e-3 * engine.lr_factor("cosine", 20, 60))
+    )
+    assert lrs[60][0] < 1e-5 and lrs[60][1] < 2e-5

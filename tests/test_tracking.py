@@ -170,6 +170,10 @@ def test_server_stopped_and_restarted_mid_run_loses_nothing(tmp_path):
             "train.checkpoint_every=500",
             "--set",
             "train.batch_size=256",
+            "--set",  # the 256-wide nets this run's length (the outage's window) was sized with
+            "model.g_hidden=[256,256,256]",
+            "--set",
+            "model.d_hidden=[256,256,256]",
             "--set",
             f"train.storage_path={tmp_path}",
         ]

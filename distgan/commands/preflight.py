@@ -9,7 +9,7 @@ from pathlib import Path
 from distgan import data, models
 from distgan.data import DataInfo
 from distgan.errors import InputError
-from distgan.metrics import digits_net, features, names
+from distgan.metrics import digits_net, features, names, stacked
 from distgan.metrics.mixture import mixture_means
 from distgan.spec.job import JobSpec
 from distgan.spec.search import SearchSpec
@@ -61,6 +61,8 @@ def count_modes(spec: JobSpec, info: DataInfo) -> int | None:
     """What mode collapse is counted against: the mixture's modes, or the classes of labeled images."""
     if info.kind == "mixture":
         return len(mixture_means(spec.data.name))
+    if spec.data.name == "stacked_digits":
+        return stacked.N_TRIPLES
     return digits_net.NUM_CLASSES if features.choose(spec, info) == "digits" else None
 
 
@@ -69,9 +71,9 @@ def check_search(spec: JobSpec, search: SearchSpec) -> DataInfo:
     data's headline metric) and its direction."""
     info = check_job(spec)
     net = feature_net_name(spec, info)
-    reported = names.reported(info.kind, net, classifies=features.choose(spec, info) == "digits")
+    reported = names.reported(info.kind, net, classifies=features.choose(spec, info) == "digits", dataset=info.name)
     if search.metric is None:
-        search.metric = names.headline_metric(info.kind, net)
+        search.metric = names.headline_metric(info.kind, net, info.name)
         if search.metric is None:
             raise InputError(
                 f"{spec.data.name} has no headline quality metric (no feature network); set search.metric "

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -45,6 +46,18 @@ from distgan.spec.job import LossSpec, OptimSpec
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# optim.lr_schedule: the factor on the spec's learning rates at fraction f in [0, 1] of the run.
+LR_SCHEDULES = {
+    "constant": lambda f: 1.0,
+    "cosine": lambda f: 0.5 * (1 + math.cos(math.pi * f)),
+    "linear": lambda f: 1.0 - f,
+}
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """The schedule's factor for generator step `step` (1-based) of `steps`."""
+    return LR_SCHEDULES[schedule](min(max(step - 1, 0) / steps, 1.0))
 
 
 def unwrap(module: nn.Module) -> nn.Module:

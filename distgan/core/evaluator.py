@@ -4,6 +4,9 @@
 - Images: every rank draws its share of the samples and embeds them with the feature network;
   rank 0 gathers the features and scores them against the cached features of the real data
   (`metrics.image`, `metrics.reference`). With no feature network, only the sample grid is kept.
+- Stacked digits, besides: rank 0 counts the digit triples of its samples (`metrics.stacked`):
+  `modes` of 1,000 and `reverse_kl`, on `train.eval_samples` samples during training and on
+  `names.STACKED_FINAL_SAMPLES` (or `metrics.final_samples`, if more) at the final eval.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from distgan import data
 from distgan.core import engine, plots
 from distgan.data import DataInfo
-from distgan.metrics import features, names, reference
+from distgan.metrics import features, names, reference, stacked
 from distgan.metrics.image import image_quality
 from distgan.metrics.mixture import MIXTURE_STD, mixture_means, mixture_quality, mixture_quality_over_seeds
 from distgan.spec.job import JobSpec
@@ -44,6 +47,7 @@ class Evaluator:
         self.rank, self.world, self.gather = rank, world, gather
         self.net: features.FeatureNet | None = None
         self._reference: reference.Reference | None = None
+        self._digits: torch.nn.Module | None = None  # stacked digits: the per-channel digit classifier
         if info.kind == "mixture":
             self.means, self.std = mixture_means(info.name), MIXTURE_STD[info.name]
         choice = features.choose(spec, info)
@@ -56,6 +60,8 @@ class Evaluator:
         network tells apart (None: neither)."""
         if self.info.kind == "mixture":
             return len(self.means)
+        if self.info.name == "stacked_digits":
+            return stacked.N_TRIPLES
         return self.net.num_classes if self.net is not None else None
 
     def _sample(self, G, n: int, seed: int) -> torch.Tensor:
@@ -71,11 +77,19 @@ class Evaluator:
         seed = self.spec.train.seed
         if record is not None:
             record.log_image(plots.image_grid_png(self._sample(G, 64, seed).numpy()), f"samples_{step:07d}.png", step)
-        if self.net is None:
-            return {}
-        if final:
-            return self.final_image_metrics(G, seed)
-        return self.image_metrics(G, self.spec.train.eval_samples, seed)
+        q = {}
+        if self.net is not None:
+            q = (
+                self.final_image_metrics(G, seed)
+                if final
+                else self.image_metrics(G, self.spec.train.eval_samples, seed)
+            )
+        if self.info.name == "stacked_digits" and self.rank == 0:
+            n = self.spec.train.eval_samples
+            q |= self.stacked_modes(
+                G, max(names.STACKED_FINAL_SAMPLES, self.spec.metrics.final_samples) if final else n, seed
+            )
+        return q
 
     def final_image_metrics(self, G, seed: int) -> dict[str, float]:
         """The final eval: the metrics at `train.eval_samples` under their plain names (comparable
@@ -85,6 +99,16 @@ class Evaluator:
         out = self.image_metrics(G, n, seed)
         big = out if n_final == n else self.image_metrics(G, n_final, seed)
         return out | {names.final(k): v for k, v in big.items()}
+
+    def stacked_modes(self, G, n: int, seed: int) -> dict[str, float]:
+        """modes (digit triples seen, of 1,000) and reverse_kl of n samples from G (rank 0 alone)."""
+        if self._digits is None:
+            from distgan.metrics import digits_net
+
+            self._digits = digits_net.load().to(self.device)
+        chunks = range(0, n, SAMPLE_CHUNK)
+        x = [self._sample(G, min(SAMPLE_CHUNK, n - s), seed + 1000 + i).to(self.device) for i, s in enumerate(chunks)]
+        return stacked.stacked_modes(torch.cat(x), self._digits)
 
     def _mixture(self, G, step: int, final: bool, record) -> dict[str, float]:
         n, seed = self.spec.train.eval_samples, self.spec.train.seed

@@ -156,6 +156,9 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     status, metrics, step = "finished", {}, start
     for step in range(start + 1, t.steps + 1):
         _maybe_fail(step, rank)
+        if spec.optim.lr_schedule != "constant":  # a function of the step alone, so a resume continues it
+            f = engine.lr_factor(spec.optim.lr_schedule, step, t.steps)
+            eng.set_lrs(spec.optim.lr_g * f, spec.optim.lr_d * f)
         stats = eng.step([next(stream) for _ in range(spec.optim.n_critic)])
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v  # tensors: no host sync per step
@@ -364,8 +367,10 @@ def _progress_line(step: int, total: int, m: dict, elapsed: float, done: int) ->
         f"loss_g {m['loss_g']:.3f}",
         f"{m['img_per_s']:,.0f} img/s",
     ]
-    if "modes" in m:
+    if "high_quality" in m:
         parts.append(f"modes {m['modes']:.1f}  hq {m['high_quality']:.1%}  rkl {m['reverse_kl']:.3f}")
+    elif "modes" in m:  # stacked digits: triples of 1,000
+        parts.append(f"modes {m['modes']:.0f}  rkl {m['reverse_kl']:.3f}")
     fd = next((k for k in m if k.startswith("fd_")), None)
     if fd:
         parts.append(f"{fd} {m[fd]:.3g}  prec {m['precision']:.2f}  rec {m['recall']:.2f}")

@@ -15,6 +15,8 @@ AMP = ("amp_skipped_d", "amp_skipped_g")
 LOOP = (*LOSS_AND_GRAD, *D_HEALTH, *PENALTIES, *AMP, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d")
 
 MIXTURE = ("modes", "high_quality", "reverse_kl")  # 2-D mixtures (metrics.mixture)
+STACKED = ("modes", "reverse_kl")  # stacked digits (metrics.stacked): digit triples covered, of 1,000
+STACKED_FINAL_SAMPLES = 25_600  # the final eval's stacked-digits sample (Stacked MNIST protocol: 25.6 per mode)
 MIXTURE_SCORE = "mixture_score"  # modes + high_quality: one number that orders mixture runs
 IMAGE = ("precision", "recall", "density", "coverage")  # images, beside fd_<net> and kid_<net> (metrics.image)
 CLASS = ("classes_covered", "class_kl")  # labeled images, when the feature network classifies
@@ -74,29 +76,37 @@ def lower_is_better(metric: str) -> bool:
     return metric.startswith(("fd_", "kid_", "loss_")) or metric.endswith("_kl")
 
 
-def reported(kind: str, net: str | None, classifies: bool) -> set[str]:
-    """Every metric the loop reports for data of `kind` scored with feature network `net`."""
+def reported(kind: str, net: str | None, classifies: bool, dataset: str | None = None) -> set[str]:
+    """Every metric the loop reports for data of `kind` (`dataset`) scored with feature network `net`."""
     names = set(LOOP)
     if kind == "mixture":
         names |= {*MIXTURE, MIXTURE_SCORE}
+    if dataset == "stacked_digits":
+        names |= set(STACKED)
     if net:
         names |= {fd(net), kid(net), *IMAGE, *(CLASS if classifies else ())}
     return names
 
 
-def headline_metric(kind: str, net: str | None) -> str | None:
-    """The number that ranks runs of this data (search default, champion rule); None: none measured."""
+def headline_metric(kind: str, net: str | None, dataset: str | None = None) -> str | None:
+    """The number that ranks runs of this data (search default, champion rule); None: none measured.
+    Stacked digits: the modes covered (the Stacked MNIST figure), not a feature distance."""
     if kind == "mixture":
         return MIXTURE_SCORE
+    if dataset == "stacked_digits":
+        return "modes"
     return fd(net) if net else None
 
 
 def rank_key(kind: str, metrics: dict) -> tuple[str, tuple] | None:
     """(what was measured, values where higher is better) for comparing two runs, or None when
-    there is no number. Mixtures compare (modes, then high_quality); images their Fréchet distance,
+    there is no number. Mixtures compare (modes, then high_quality); stacked digits, the one image
+    data that reports modes, (modes, then the lower reverse_kl); other images their Fréchet distance,
     and only against runs scored by the same feature network (the name says which)."""
     if kind == "mixture" and all(metrics.get(k) is not None for k in ("modes", "high_quality")):
         return "mixture", (float(metrics["modes"]), float(metrics["high_quality"]))
+    if kind == "image" and all(metrics.get(k) is not None for k in STACKED):
+        return "stacked", (float(metrics["modes"]), -float(metrics["reverse_kl"]))
     fds = sorted(k for k in metrics if k.startswith("fd_") and is_quality(k) and metrics[k] is not None)
     if kind == "image" and fds:
         return fds[0], (-float(metrics[fds[0]]),)

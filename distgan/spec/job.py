@@ -85,6 +85,8 @@ class OptimSpec(Section):
     betas_d: tuple[float, float] = (0.5, 0.999)
     n_critic: int = Field(1, ge=1, le=100)  # D steps per G step
     ema: float = Field(0.999, ge=0, lt=1)  # decay of the EMA generator (0 = EMA is a copy of G)
+    # lr over the run (both nets): constant, cosine to 0 at train.steps, or linear to 0 (core.engine.LR_SCHEDULES)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> OptimSpec:
