@@ -159,7 +159,7 @@ def _datasets(args: argparse.Namespace) -> int:
     from distgan import data
 
     for name, about in data.describe():
-        print(f"{name:12} {about}")
+        print(f"{name:15} {about}")
     return 0
 
 
