@@ -72,6 +72,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from distgan.commands import search
+    from distgan.spec.search import load_search
     from distgan.tracking.run import TrackingOptions
 
     overrides = list(args.set)
@@ -79,7 +80,8 @@ def _search(args: argparse.Namespace) -> int:
         overrides.append(f"search.trials={args.trials}")
     if args.no_early_stop:
         overrides += ["search.early_stop=false"]
-    spec, search_spec = search.load(args.spec, overrides)
+    # search() checks the spec against the data (metric, feature network) before Ray: once, there
+    spec, search_spec = load_search(args.spec, overrides)
     tracking = TrackingOptions(not args.no_tracking, args.tracking_uri, args.experiment, args.register)
     result = search.search(spec, search_spec, address=args.address, tracking=tracking, echo=_echo)
     _write_json(args.json_out, result.to_json())
