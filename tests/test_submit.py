@@ -35,6 +35,16 @@ SHORT = [
 ]
 
 
+WORKER_PORTS = range(47100, 47700)  # the nodes' worker port ranges below
+
+
+def _free_port() -> int:
+    """A free port outside the worker port ranges: Ray refuses a component port inside them."""
+    while (port := free_port()) in WORKER_PORTS:
+        pass
+    return port
+
+
 class LocalRayCluster:
     """A head node and one worker node on this machine, started with `ray start` as a user would.
     Every process it starts carries a marker in its environment (Ray workers and job drivers inherit
@@ -43,7 +53,7 @@ class LocalRayCluster:
     def __init__(self, temp_dir: str, head_cpus: int = 1, worker_cpus: int = 2):
         self.temp_dir, self.head_cpus, self.worker_cpus = temp_dir, head_cpus, worker_cpus
         self.marker = uuid.uuid4().hex
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         # The cluster's own token: `ray start` with token auth needs one, and a fresh machine has no
         # ~/.ray/auth_token (nor should a test write there).
@@ -94,9 +104,9 @@ class LocalRayCluster:
             "--dashboard-port",
             str(self.dashboard_port),
             "--ray-client-server-port",
-            str(free_port()),
+            str(_free_port()),
             "--dashboard-agent-listen-port",
-            str(free_port()),
+            str(_free_port()),
             "--min-worker-port",
             "47100",
             "--max-worker-port",
@@ -108,7 +118,7 @@ class LocalRayCluster:
             "--num-cpus",
             str(self.worker_cpus),
             "--dashboard-agent-listen-port",
-            str(free_port()),
+            str(_free_port()),
             "--min-worker-port",
             "47400",
             "--max-worker-port",
