@@ -34,7 +34,7 @@ def bare_step_time(spec, steps: int, warmup: int) -> float:
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        stats = eng.step([next(stream) for _ in range(spec.optim.n_critic)])
+        stats = eng.step([next(stream)[0] for _ in range(spec.optim.n_critic)])
         for k, v in stats.items():  # what the Ray loop does per step, too
             totals[k] = totals.get(k, 0.0) + v
     return (time.perf_counter() - t0) / steps

@@ -77,7 +77,8 @@ TRACES = {
 
 def _stream(spec: JobSpec):
     if spec.data.name == "digits":
-        return builtin.tensor_batches(torch.from_numpy(builtin.digits_array()), spec.train.batch_size, spec.train.seed)
+        digits, labels = torch.from_numpy(builtin.digits_array()), torch.from_numpy(builtin.digits_labels())
+        return (x for x, _ in builtin.tensor_batches(digits, labels, spec.train.batch_size, spec.train.seed))
     return builtin.mixture_batches(spec.data.name, spec.train.batch_size, spec.train.seed)
 
 

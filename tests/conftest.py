@@ -190,3 +190,75 @@ def pyfunc_venv() -> Path:
         )
         subprocess.run(probe, cwd="/", env=clean, check=True)
     return python
+
+
+class S3Server:
+    """A real S3-protocol server (moto's standalone server) on a loopback port, stopped by PID.
+
+    `env` holds what a client needs (endpoint and test credentials); `use()` puts it into this
+    process's environment, where pyarrow, Ray's workers (started from it) and subprocesses find it."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = Path(root), free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # never wait on an instance-metadata lookup
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> S3Server:
+        import time
+        import urllib.request
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        server = Path(sys.executable).with_name("moto_server")
+        self.proc = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=open(self.root / "server.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2)
+                return self
+            except OSError as e:
+                if getattr(e, "code", None):  # an HTTP answer: it is up
+                    return self
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"moto_server exited: {(self.root / 'server.log').read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.3)
+        raise RuntimeError("moto_server did not start in time")
+
+    def create_bucket(self, name: str) -> str:
+        import pyarrow.fs as pafs
+
+        pafs.S3FileSystem(
+            endpoint_override=self.endpoint, access_key="testing", secret_key="testing", allow_bucket_creation=True
+        ).create_dir(name)
+        return f"s3://{name}"
+
+    def use(self, monkeypatch) -> None:
+        for k, v in self.env.items():
+            monkeypatch.setenv(k, v)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("s3-server")).start()
+    yield server
+    server.stop()

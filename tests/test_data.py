@@ -19,7 +19,8 @@ from distgan.spec.job import DataSpec
 
 def test_mixture_batches_follow_the_protocol():
     spec = DataSpec(name="grid25")
-    batch = next(data.batches(spec, data.inspect(spec), 5000, rank=0, world=1, seed=0))
+    batch, labels = next(data.batches(spec, data.inspect(spec), 5000, rank=0, world=1, seed=0))
+    assert labels is None
     assert batch.shape == (5000, 2)
     q = mixture_quality(batch.numpy(), mixture_means("grid25"), 0.05)
     # in 2-D, P(|N(0, s^2 I)| <= 3s) = 1 - exp(-9/2) = 0.989: the best any generator can score
@@ -31,9 +32,9 @@ def test_mixture_batches_follow_the_protocol():
 def test_ranks_draw_different_batches_and_seeds_repeat():
     spec = DataSpec(name="ring8")
     info = data.inspect(spec)
-    a0 = next(data.batches(spec, info, 8, 0, 2, seed=1))
-    a1 = next(data.batches(spec, info, 8, 1, 2, seed=1))
-    again = next(data.batches(spec, info, 8, 0, 2, seed=1))
+    a0, _ = next(data.batches(spec, info, 8, 0, 2, seed=1))
+    a1, _ = next(data.batches(spec, info, 8, 1, 2, seed=1))
+    again, _ = next(data.batches(spec, info, 8, 0, 2, seed=1))
     assert not torch.equal(a0, a1) and torch.equal(a0, again)
 
 
@@ -41,8 +42,11 @@ def test_digits_are_real_8x8_in_unit_range_and_sharded():
     spec = DataSpec(name="digits")
     info = data.inspect(spec)
     assert info.sample_shape == (1, 8, 8) and info.num_rows == 1797
-    batch = next(data.batches(spec, info, 64, 0, 2, seed=0))
-    assert batch.shape == (64, 1, 8, 8)
+    batch, labels = next(data.batches(spec, info, 64, 0, 2, seed=0))
+    assert batch.shape == (64, 1, 8, 8) and info.num_classes == 10
+    # the labels travel with their images: each image is the digit its label names
+    rows = {tuple(x.flatten().tolist()): y for x, y in zip(builtin.digits_array(), builtin.digits_labels())}
+    assert [rows[tuple(x.flatten().tolist())] for x in batch] == labels.tolist()
     assert batch.min() >= -1 and batch.max() <= 1 and batch.max() == 1  # 16/8 - 1
     assert 0.2 < (batch > 0).float().mean() < 0.6  # real strokes, not noise
 
@@ -51,7 +55,7 @@ def test_stacked_digits_are_three_independent_real_digits():
     spec = DataSpec(name="stacked_digits")
     info = data.inspect(spec)
     assert info == data.DataInfo("stacked_digits", "image", (3, 8, 8), None)
-    batch = next(data.batches(spec, info, 4096, rank=0, world=1, seed=0))
+    batch, _ = next(data.batches(spec, info, 4096, rank=0, world=1, seed=0))
     assert batch.shape == (4096, 3, 8, 8) and batch.min() >= -1 and batch.max() <= 1
     # every channel is one of the real digits, and the three are drawn independently
     flat = torch.from_numpy(builtin.digits_array()).flatten(1)
@@ -60,8 +64,8 @@ def test_stacked_digits_are_three_independent_real_digits():
     corr = np.corrcoef(ink.T.numpy())
     assert np.abs(corr[np.triu_indices(3, 1)]).max() < 0.06
     # drawn fresh per rank, repeatable by seed; the array draws as the first batch does
-    again = next(data.batches(spec, info, 4096, rank=0, world=1, seed=0))
-    other = next(data.batches(spec, info, 4096, rank=1, world=2, seed=0))
+    again, _ = next(data.batches(spec, info, 4096, rank=0, world=1, seed=0))
+    other, _ = next(data.batches(spec, info, 4096, rank=1, world=2, seed=0))
     assert torch.equal(batch, again) and not torch.equal(batch, other)
     images, triples = builtin.stacked_digits_array(16, seed=7)
     assert np.array_equal(images, next(builtin.stacked_digits_batches(16, seed=7)).numpy()) and triples.shape == (16, 3)
@@ -195,7 +199,7 @@ def test_bad_data_via_cli_exits_2(tmp_path):
 def test_data_seed_seeds_the_builtin_draws(name):
     def first(seed: int) -> torch.Tensor:
         spec = DataSpec(name=name, seed=seed)
-        return next(data.batches(spec, data.inspect(spec), 64, rank=0, world=1, seed=0))
+        return next(data.batches(spec, data.inspect(spec), 64, rank=0, world=1, seed=0))[0]
 
     assert torch.equal(first(0), first(0)) and torch.equal(first(1), first(1))
     assert not torch.equal(first(0), first(1))
@@ -255,7 +259,7 @@ def test_class_sorted_parquet_is_shuffled_across_the_whole_file(tmp_path):
         ray.get(worker.ready.remote())
         stream = data._shard_batches(ds.streaming_split(1)[0], batch, seed=0)
         per_epoch = classes * per_class // batch
-        batches = [next(stream) for _ in range(2 * per_epoch)]  # two epochs
+        batches = [next(stream)[0] for _ in range(2 * per_epoch)]  # two epochs
     finally:
         ctx.target_max_block_size = saved
         ray.shutdown()

@@ -130,12 +130,12 @@ def test_eval_of_a_checkpoint_trained_on_the_gpu(tmp_path):
 
 
 def test_the_prefetcher_yields_the_same_batches_on_the_gpu():
-    batches = [torch.randn(8, 3, 8, 8) for _ in range(4)]
+    batches = [(torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8), torch.arange(8)) for _ in range(4)]
     got = list(loop.Prefetcher(iter(batches), CUDA, channels_last=True))
     assert len(got) == 4
-    for a, b in zip(got, batches):
-        assert a.is_cuda and a.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(a.cpu(), b)
+    for (a, y), (b, labels) in zip(got, batches):
+        assert a.is_cuda and a.is_contiguous(memory_format=torch.channels_last) and a.dtype == torch.float32
+        assert torch.equal(a.cpu(), b.float() / 127.5 - 1) and torch.equal(y.cpu(), labels)
 
 
 def test_benchmark_runs_on_the_gpu():

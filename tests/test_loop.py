@@ -73,7 +73,8 @@ def _poisoned_after(n: int):
 
     def batches(*args, **kwargs):
         for i, batch in enumerate(real_batches(*args, **kwargs)):
-            yield batch if i < n else batch * float("inf")
+            x, y = batch
+            yield (x if i < n else x * float("inf")), y
 
     return batches
 
@@ -184,9 +185,16 @@ def test_channels_last_only_for_conv_nets_on_a_gpu():
 
 
 def test_prefetcher_yields_the_same_batches_on_the_cpu():
-    batches = [torch.randn(4, 3, 8, 8) for _ in range(5)]
+    batches = [(torch.randn(4, 3, 8, 8), None) for _ in range(5)]
     got = list(loop.Prefetcher(iter(batches), torch.device("cpu"), channels_last=True))
-    assert len(got) == 5 and all(a is b for a, b in zip(got, batches))  # the CPU path: the stream as it is
+    assert len(got) == 5 and all(a[0] is b[0] and a[1] is None for a, b in zip(got, batches))  # the stream as it is
+
+
+def test_prefetcher_turns_uint8_images_into_floats_and_keeps_labels():
+    x = torch.tensor([0, 255, 128], dtype=torch.uint8).view(1, 1, 1, 3)
+    ((got, labels),) = loop.Prefetcher(iter([(x, torch.tensor([7]))]), torch.device("cpu"))
+    assert got.dtype == torch.float32 and got.flatten().tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1])
+    assert labels.tolist() == [7]
 
 
 def test_the_run_result_says_which_precision_ran(tmp_path):

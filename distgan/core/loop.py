@@ -159,7 +159,8 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         if spec.optim.lr_schedule != "constant":  # a function of the step alone, so a resume continues it
             f = engine.lr_factor(spec.optim.lr_schedule, step, t.steps)
             eng.set_lrs(spec.optim.lr_g * f, spec.optim.lr_d * f)
-        stats = eng.step([next(stream) for _ in range(spec.optim.n_critic)])
+        reals = [next(stream) for _ in range(spec.optim.n_critic)]  # (samples, labels) pairs
+        stats = eng.step([x for x, _ in reals])
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v  # tensors: no host sync per step
         interval_steps += 1
@@ -260,9 +261,10 @@ def use_channels_last(arch: str, device: torch.device) -> bool:
 
 
 class Prefetcher:
-    """The batches of `stream` on `device`. On CUDA each batch is pinned and copied on a side stream one
-    batch ahead (non_blocking), so the copy overlaps the step before it and the host never waits for it;
-    `channels_last` puts image batches in NHWC order there too. On the CPU: the stream as it is."""
+    """The (samples, labels) batches of `stream` on `device`, uint8 images turned into floats there.
+    On CUDA each batch is pinned and copied on a side stream one batch ahead (non_blocking), so the
+    copy overlaps the step before it and the host never waits for it; `channels_last` puts image
+    batches in NHWC order there too. On the CPU: moved and converted in place of the copy."""
 
     def __init__(self, stream, device: torch.device, channels_last: bool = False):
         self.stream, self.device, self.channels_last = iter(stream), device, channels_last
@@ -271,31 +273,41 @@ class Prefetcher:
             self.copy_stream = torch.cuda.Stream(device)
             self._next = self._load()
 
-    def _load(self) -> torch.Tensor | None:
+    def _to_device(self, t: torch.Tensor | None, images: bool) -> torch.Tensor | None:
+        if t is None:
+            return None
+        if self.cuda and t.device.type == "cpu" and not t.is_pinned():
+            t = t.pin_memory()
+        t = t.to(self.device, non_blocking=self.cuda)
+        if images:
+            t = data.to_unit_range(t)
+            if self.channels_last and t.dim() == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _load(self):
         try:
-            batch = next(self.stream)
+            x, y = next(self.stream)
         except StopIteration:
             return None
         with torch.cuda.stream(self.copy_stream):
-            if batch.device.type == "cpu" and not batch.is_pinned():
-                batch = batch.pin_memory()
-            batch = batch.to(self.device, non_blocking=True)
-            if self.channels_last and batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+            return self._to_device(x, True), self._to_device(y, False)
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self):
         if not self.cuda:
-            return next(self.stream).to(self.device)
+            x, y = next(self.stream)
+            return self._to_device(x, True), self._to_device(y, False)
         batch = self._next
         if batch is None:
             raise StopIteration
         current = torch.cuda.current_stream(self.device)
         current.wait_stream(self.copy_stream)  # the copy of this batch is done before the step reads it
-        batch.record_stream(current)  # its memory (allocated on the copy stream) is not reused too early
+        for t in batch:  # their memory (allocated on the copy stream) is not reused too early
+            if t is not None:
+                t.record_stream(current)
         self._next = self._load()
         return batch
 

@@ -26,6 +26,7 @@ class DataInfo:
     kind: Literal["mixture", "image", "vector"]
     sample_shape: tuple[int, ...]  # (2,) for mixtures, (dim,) for vectors, (C, H, W) for images
     num_rows: int | None  # None: drawn fresh, unlimited
+    num_classes: int | None = None  # labeled data: class ids 0..num_classes-1 travel with the samples
 
     @property
     def uses_ray_data(self) -> bool:
@@ -37,7 +38,7 @@ def inspect(spec: DataSpec) -> DataInfo:
     if spec.name in ("ring8", "grid25"):
         return DataInfo(spec.name, "mixture", (2,), None)
     if spec.name == "digits":
-        return DataInfo("digits", "image", (1, 8, 8), 1797)
+        return DataInfo("digits", "image", (1, 8, 8), 1797, num_classes=10)
     if spec.name == "stacked_digits":
         return DataInfo("stacked_digits", "image", (3, 8, 8), None)
     if spec.name == "parquet":
@@ -47,22 +48,28 @@ def inspect(spec: DataSpec) -> DataInfo:
     return DataInfo("imagefolder", "image", shape, rows)
 
 
+Batch = tuple[torch.Tensor, torch.Tensor | None]  # (samples, int64 class ids or None)
+
+
 def batches(
     spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None
-) -> Iterator[torch.Tensor]:
-    """Endless batches of real samples for one worker (`shard`: its Ray Data shard, for user data).
+) -> Iterator[Batch]:
+    """Endless (samples, labels) batches for one worker (`shard`: its Ray Data shard, for user data).
+    Images come as float32 in [-1, 1], or as uint8 in [0, 255] from user data (`to_unit_range` on
+    the device turns them into floats: a quarter of the bytes to move).
 
     `seed` (the run's, moved on at a resume) and the rank pick the stream; the built-in datasets'
     draws (mixture points, digits shuffling) also depend on `spec.seed`."""
     stream_seed = seed * 1_000_003 + rank
     builtin_seed = stream_seed + spec.seed * 1_000_000_007  # data.seed=0: the streams as they always were
     if info.kind == "mixture":
-        return builtin.mixture_batches(spec.name, batch_size, builtin_seed)
+        return ((x, None) for x in builtin.mixture_batches(spec.name, batch_size, builtin_seed))
     if spec.name == "digits":
         data = torch.from_numpy(builtin.digits_array())[rank::world]
-        return builtin.tensor_batches(data, batch_size, builtin_seed)
+        labels = torch.from_numpy(builtin.digits_labels())[rank::world]
+        return builtin.tensor_batches(data, labels, batch_size, builtin_seed)
     if spec.name == "stacked_digits":
-        return builtin.stacked_digits_batches(batch_size, builtin_seed)
+        return ((x, None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed))
     return _shard_batches(shard, batch_size, stream_seed)
 
 
@@ -71,7 +78,7 @@ def batches(
 LOCAL_SHUFFLE_BATCHES = 16
 
 
-def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[Batch]:
     epoch = 0
     while True:
         yielded = False
@@ -82,10 +89,15 @@ def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
             local_shuffle_seed=seed + epoch,
         ):
             yielded = True
-            yield batch["x"]
+            yield batch["x"], batch.get("y")
         if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
             raise RuntimeError(f"this worker's data shard has fewer than {batch_size} rows")
         epoch += 1
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images [0, 255] -> float32 [-1, 1]; float samples as they are."""
+    return x.float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x
 
 
 def real_images(spec: DataSpec, info: DataInfo, limit: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -43,13 +43,17 @@ def digits_labels() -> np.ndarray:
     return load_digits().target
 
 
-def tensor_batches(data: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless batches from an in-memory shard: reshuffled every epoch, last partial batch dropped."""
+def tensor_batches(
+    data: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (samples, labels) batches from an in-memory shard: reshuffled every epoch, last partial
+    batch dropped."""
     rng = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(data), generator=rng)
         for i in range(0, len(data) - batch_size + 1, batch_size):
-            yield data[order[i : i + batch_size]]
+            pick = order[i : i + batch_size]
+            yield data[pick], labels[pick]
 
 
 def stacked_digits_batches(batch_size: int, seed: int) -> Iterator[torch.Tensor]:

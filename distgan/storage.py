@@ -1,0 +1,102 @@
+"""Where files live: local paths and URIs (`s3://`, `gs://`, `hdfs://`, `file://`, anything `pyarrow.fs`
+resolves), one interface for the data, the run directories and the checkpoints.
+
+Credentials come from where each SDK looks for them (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+AWS_PROFILE, an instance role; AWS_ENDPOINT_URL points at any S3-compatible server). Errors are
+InputError with the location and a fix, raised before anything runs on Ray.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from distgan.errors import InputError
+
+
+def is_remote(location: str) -> bool:
+    """True for a URI with a scheme other than file:// (a Windows drive letter is not a scheme)."""
+    scheme, sep, _ = str(location).partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme != "file"
+
+
+def absolute(location: str) -> str:
+    """A URI as it is; a local path made absolute (Ray Train needs one, and so does a worker elsewhere)."""
+    if is_remote(location):
+        return str(location).rstrip("/")
+    return str(Path(str(location).removeprefix("file://")).expanduser().resolve())
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI; InputError when the URI is not usable."""
+    if not is_remote(location):
+        return pafs.LocalFileSystem(), absolute(location)
+    try:
+        return pafs.FileSystem.from_uri(str(location))
+    except Exception as e:  # unknown scheme, missing optional SDK, malformed URI
+        raise InputError(
+            f"{location}: cannot open this location ({_reason(e)}); check the URI and its scheme"
+        ) from None
+
+
+def info(fs: pafs.FileSystem, path: str, location: str) -> pafs.FileInfo:
+    """The file info of `path`, turning the SDKs' errors (no bucket, no credentials) into one InputError line."""
+    try:
+        return fs.get_file_info(path)
+    except Exception as e:
+        raise InputError(f"{location}: cannot read it ({_reason(e)}){_credentials_hint(location)}") from None
+
+
+def list_files(location: str, suffixes: set[str] | None = None) -> tuple[pafs.FileSystem, list[str]]:
+    """(filesystem, sorted paths) of the file at `location` or the files under it (with one of `suffixes`)."""
+    fs, path = resolve(location)
+    found = info(fs, path, location)
+    if found.type == pafs.FileType.NotFound:
+        raise InputError(f"{location} does not exist; check the path (and, for object storage, the bucket and key)")
+    if found.type == pafs.FileType.File:
+        return fs, [path]
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    except Exception as e:
+        raise InputError(f"{location}: cannot list it ({_reason(e)}){_credentials_hint(location)}") from None
+    files = sorted(
+        e.path
+        for e in entries
+        if e.type == pafs.FileType.File
+        and not Path(e.path).name.startswith((".", "_"))  # _SUCCESS, .crc: writers' markers, not data
+        and (suffixes is None or Path(e.path).suffix.lower() in suffixes)
+    )
+    return fs, files
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Written whole or not at all where the filesystem allows it: a temporary name, then a rename
+    (object stores write an object in one request, so they need no rename)."""
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def _reason(e: Exception) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def _credentials_hint(location: str) -> str:
+    if str(location).startswith("s3://"):
+        return "; S3 credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+    if str(location).startswith("gs://"):
+        return "; GCS credentials come from GOOGLE_APPLICATION_CREDENTIALS"
+    return ""
