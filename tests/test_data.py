@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import blob_images, run_cli, write_image_parquet
+from conftest import blob_images, png_bytes, run_cli, write_image_parquet
 from PIL import Image
 
 from distgan import data
@@ -101,9 +101,7 @@ def _bad(spec: DataSpec, *fragments: str) -> None:
 
 
 def test_bad_parquet_inputs(tmp_path):
-    _bad(
-        DataSpec(name="parquet", path=str(tmp_path / "missing.parquet"), column="x"), "missing.parquet' does not exist"
-    )
+    _bad(DataSpec(name="parquet", path=str(tmp_path / "missing.parquet"), column="x"), "missing.parquet does not exist")
     (tmp_path / "emptydir").mkdir()
     _bad(DataSpec(name="parquet", path=str(tmp_path / "emptydir"), column="x"), "holds no *.parquet files")
 
@@ -115,32 +113,41 @@ def test_bad_parquet_inputs(tmp_path):
     pq.write_table(pa.table({"x": [[0.0, 1.0]] * 4, "y": [1, 2, 3, 4]}), good)
     _bad(DataSpec(name="parquet", path=str(good), column="z"), f"{good}: no column 'z' (columns: x, y)")
     _bad(
-        DataSpec(name="parquet", path=str(good), column="y"), f"{good}: column 'y' is int64; expected a list of floats"
+        DataSpec(name="parquet", path=str(good), column="y"),
+        f"{good}: column 'y' is int64; expected binary (encoded images) or a list of floats",
     )
 
     nan = tmp_path / "nan.parquet"
     pq.write_table(pa.table({"x": [[0.0, 1.0], [0.0, float("nan")], [1.0, 1.0]]}), nan)
-    _bad(DataSpec(name="parquet", path=str(nan), column="x"), f"{nan}: column 'x' has NaN/Inf values (first at row 1)")
+    _bad(DataSpec(name="parquet", path=str(nan), column="x"), f"{nan} row 1 (column 'x') has NaN/Inf values")
 
     ragged = tmp_path / "ragged.parquet"
     pq.write_table(pa.table({"x": [[0.0, 1.0], [0.0, 1.0, 2.0]]}), ragged)
     _bad(
-        DataSpec(name="parquet", path=str(ragged), column="x"), f"{ragged}: column 'x' has vectors of different lengths"
+        DataSpec(name="parquet", path=str(ragged), column="x"),
+        f"{ragged} row 1 (column 'x') is a vector of length 3, the data has length 2",
     )
 
     mixed = tmp_path / "mixed.parquet"
     write_image_parquet(mixed, blob_images(3, 16) + blob_images(1, 8))
-    _bad(DataSpec(name="parquet", path=str(mixed), column="image"), "mixed image sizes", "is 16x16", "row 3 is 8x8")
+    _bad(
+        DataSpec(name="parquet", path=str(mixed), column="image"),
+        "mixed image sizes",
+        "row 0 is 16x16",
+        "row 3 is 8x8",
+        "set data.resolution",
+    )
 
     junk = tmp_path / "junk.parquet"
     pq.write_table(pa.table({"image": [b"not an image"]}), junk)
     _bad(
-        DataSpec(name="parquet", path=str(junk), column="image"), f"{junk}: column 'image' row 0: not a readable image"
+        DataSpec(name="parquet", path=str(junk), column="image"),
+        f"{junk} row 0 (column 'image') is not a readable image",
     )
 
 
 def test_bad_image_folders(tmp_path):
-    _bad(DataSpec(name="imagefolder", path=str(tmp_path / "nope")), "is not a directory")
+    _bad(DataSpec(name="imagefolder", path=str(tmp_path / "nope")), "nope does not exist")
     (tmp_path / "empty").mkdir()
     _bad(DataSpec(name="imagefolder", path=str(tmp_path / "empty")), "holds no images")
     folder = tmp_path / "imgs"
@@ -149,7 +156,7 @@ def test_bad_image_folders(tmp_path):
         Image.fromarray(im).save(folder / f"{i}.png")
     assert data.inspect(DataSpec(name="imagefolder", path=str(folder))).sample_shape == (1, 16, 16)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "odd.png")
-    _bad(DataSpec(name="imagefolder", path=str(folder)), "mixed image sizes", "odd.png is 8x8 (3 ch)")
+    _bad(DataSpec(name="imagefolder", path=str(folder)), "mixed image sizes", "odd.png is 8x8")
 
 
 def test_bad_data_via_cli_exits_2(tmp_path):
@@ -158,7 +165,7 @@ def test_bad_data_via_cli_exits_2(tmp_path):
     r = run_cli(
         "train", "--set", "data.name=parquet", "--set", f"data.path={nan}", "--set", "data.column=x", cwd=tmp_path
     )
-    assert r.returncode == 2 and f"{nan}: column 'x' has NaN/Inf values" in r.stderr
+    assert r.returncode == 2 and f"{nan} row 0 (column 'x') has NaN/Inf values" in r.stderr
 
     odd = write_image_parquet(tmp_path / "odd.parquet", blob_images(40, 30))
     r = run_cli(
@@ -228,46 +235,63 @@ def test_a_failed_dataset_shard_is_raised_for_user_data_and_none_for_builtins(mo
     assert session.data_shard() is sentinel
 
 
-def test_class_sorted_parquet_is_shuffled_across_the_whole_file(tmp_path):
-    """Data sorted by class must not give one-class batches: a 4x-batch local buffer over blocks in
-    file order gave batches ~all one class."""
+def _numbered_images(ids) -> list[bytes]:
+    """8x8 grayscale PNGs whose first two pixels spell the row id: every row recognisable after decoding."""
+    out = []
+    for i in ids:
+        im = np.zeros((8, 8), np.uint8)
+        im[0, 0], im[0, 1] = i // 256, i % 256
+        out.append(png_bytes(im))
+    return out
+
+
+def _row_ids(x: torch.Tensor) -> list[int]:
+    return (x[:, 0, 0, 0].long() * 256 + x[:, 0, 0, 1].long()).tolist()
+
+
+def test_class_sorted_parquet_gives_mixed_batches_every_epoch_in_a_new_order(tmp_path):
+    """One class-sorted file, written as most tools write it (one row group): the batches a worker
+    gets mix the classes (majority share < 25% of 10 classes), each epoch holds every row once,
+    and the second epoch is not the first again. The Train worker holds a CPU the whole time: the
+    pipeline runs on the one left for it."""
     import os
 
     import ray
 
     from distgan.runtime import ray_data
 
-    classes, per_class, batch = 10, 1000, 32
-    path = tmp_path / "by-class"  # one file per class, as exports often are: one block each
-    path.mkdir()
-    for c in range(classes):
-        pq.write_table(pa.table({"x": [[float(c), float(i)] for i in range(per_class)]}), path / f"{c}.parquet")
-    spec = DataSpec(name="parquet", path=str(path), column="x")
+    classes, per_class, batch = 10, 2000, 32  # 20,000 rows: five times the shuffle buffer
+    rows = classes * per_class
+    path = tmp_path / "by-class.parquet"
+    labels = np.repeat(np.arange(classes), per_class)
+    pq.write_table(pa.table({"image": _numbered_images(range(rows)), "label": labels}), path)
+    spec = DataSpec(name="parquet", path=str(path), column="image", label_column="label")
     info = data.inspect(spec)
+    assert info.num_classes == classes and info.num_rows == rows and info.sample_shape == (1, 8, 8)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
-    ctx = ray.data.DataContext.get_current()
-    saved, ctx.target_max_block_size = ctx.target_max_block_size, 4 * 1024  # many blocks, as big data has
     try:
-        ds = ray_data.datasets(spec, info)["train"]
+        assert ray_data.worker_cpus(1.0, 2, ray_data.cluster_cpus()) == 0.5  # two workers would leave one CPU
 
-        @ray.remote(num_cpus=2)
-        class Worker:  # the Train workers hold every CPU: the epochs must need none
+        @ray.remote(num_cpus=ray_data.worker_cpus(1.0, 1, 2))
+        class Worker:
             def ready(self):
                 return True
 
         worker = Worker.remote()
         ray.get(worker.ready.remote())
-        stream = data._shard_batches(ds.streaming_split(1)[0], batch, seed=0)
-        per_epoch = classes * per_class // batch
-        batches = [next(stream)[0] for _ in range(2 * per_epoch)]  # two epochs
+        ds = ray_data.datasets(spec, info)["train"]
+        stream = iter(data.ShardStream(ds.streaming_split(1)[0], batch, seed=0, sample_shape=info.sample_shape))
+        per_epoch = rows // batch
+        batches = [next(stream) for _ in range(2 * per_epoch)]
     finally:
-        ctx.target_max_block_size = saved
         ray.shutdown()
-    labels = [b[:, 0].long() for b in batches]
-    majority = np.array([torch.bincount(lab, minlength=classes).max().item() / batch for lab in labels])
+    assert all(x.dtype == torch.uint8 and x.shape == (batch, 1, 8, 8) for x, _ in batches)
+    # the labels travel with their images
+    assert all((y == torch.from_numpy(labels[_row_ids(x)])).all() for x, y in batches)
+    majority = np.array([torch.bincount(y, minlength=classes).max().item() / batch for _, y in batches])
     print("majority-class share", majority.mean())
     assert majority.mean() < 0.25, majority.mean()
-    # every row once per epoch, and the second epoch is not the first one again
-    first, second = torch.cat(batches[:per_epoch]), torch.cat(batches[per_epoch:])
-    assert len(torch.unique(first, dim=0)) == per_epoch * batch
-    assert not torch.equal(first, second)
+    first = [i for x, _ in batches[:per_epoch] for i in _row_ids(x)]
+    second = [i for x, _ in batches[per_epoch:] for i in _row_ids(x)]
+    assert len(set(first)) == len(first) == per_epoch * batch  # no row twice in an epoch
+    assert first != second

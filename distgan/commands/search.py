@@ -65,7 +65,7 @@ def search(
         if uri:
             named = spec.model_copy(update={"train": spec.train.model_copy(update={"name": name})})
             parent = tracking_run.open_search_run(uri, tracking.experiment, named, storage / name, search_spec, info)
-        dataset = (ray_data.datasets(spec.data, info) or {}).get("train")
+        dataset = (ray_data.datasets(spec.data, info, materialize=True) or {}).get("train")
         trials, wall = tune.fit_trials(
             spec, search_spec, info, name, str(storage), echo, parent, dataset, preflight.count_modes(spec, info)
         )

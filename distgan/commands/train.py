@@ -80,9 +80,8 @@ def train(
             tracking_run.open_run(uri, tracking.experiment, spec, run_dir, _run_tags(spec, info), info) if uri else None
         )
         target = RecordTarget(str(run_dir / "distgan"), uri, run_id, tracking.system_metrics)
-        fit, error, wall = ray_train.fit_with_progress(
-            spec, info, target, str(run_dir.parent), echo, ray_data.datasets(spec.data, info)
-        )
+        datasets = ray_data.datasets(spec.data, info, _resume_salt(run_dir))
+        fit, error, wall = ray_train.fit_with_progress(spec, info, target, str(run_dir.parent), echo, datasets)
     result = _result(spec, run_dir, fit, error, wall, uri, run_id)
     if run_id:
         _finish_tracking(result, spec, info, tracking, echo)
@@ -94,6 +93,13 @@ def _run_dir(spec: JobSpec) -> Path:
     if spec.train.name is None:
         spec.train.name = f"{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
     return Path(spec.train.storage_path or ray_train.DEFAULT_STORAGE).resolve() / spec.train.name
+
+
+def _resume_salt(run_dir: Path) -> int:
+    """Differs at every resume of a run (the time of its newest checkpoint): a resumed run reads its
+    data in new orders, not the first attempt's again."""
+    latest = checkpoint.latest(run_dir)
+    return int(latest.stat().st_mtime) if latest else 0
 
 
 def _check_joined_cluster(spec: JobSpec, address: str, uri: str | None) -> None:

@@ -1,8 +1,9 @@
 """Datasets: what the data is (`inspect`, on the driver, before Ray), and batches of it (`batches`, in a worker).
 
 Built-ins live in memory of each worker (mixtures and stacked digits are drawn fresh; digits are
-sharded by rank). User data goes through Ray Data (`distgan.runtime.ray_data`): Ray Train shards it
-across workers (`get_dataset_shard`), and the worker iterates its shard in epochs here.
+sharded by rank; `data.resolution` resizes the 8 px digits). User data streams through Ray Data
+(`distgan.runtime.ray_data`, reading `files` units): Ray Train shards it across workers
+(`get_dataset_shard`), and the worker iterates its shard in epochs here.
 """
 
 from __future__ import annotations
@@ -37,15 +38,26 @@ def inspect(spec: DataSpec) -> DataInfo:
     """Check the data and describe it, without Ray; InputError names what is wrong."""
     if spec.name in ("ring8", "grid25"):
         return DataInfo(spec.name, "mixture", (2,), None)
+    size = spec.resolution or 8
     if spec.name == "digits":
-        return DataInfo("digits", "image", (1, 8, 8), 1797, num_classes=10)
+        return DataInfo("digits", "image", (1, size, size), 1797, num_classes=10)
     if spec.name == "stacked_digits":
-        return DataInfo("stacked_digits", "image", (3, 8, 8), None)
-    if spec.name == "parquet":
-        kind, shape, rows = files.inspect_parquet(spec.path, spec.column)
-        return DataInfo("parquet", kind, shape, rows)
-    shape, rows = files.inspect_image_folder(spec.path)
-    return DataInfo("imagefolder", "image", shape, rows)
+        return DataInfo("stacked_digits", "image", (3, size, size), None)
+    layout = files.inspect(spec)
+    return DataInfo(spec.name, layout.kind, layout.sample_shape, layout.num_rows, layout.num_classes)
+
+
+def _layout(info: DataInfo) -> files.Layout:
+    return files.Layout(info.kind, tuple(info.sample_shape), info.num_rows, info.num_classes)
+
+
+def _resized(images: np.ndarray | torch.Tensor, size: int):
+    """The 8 px built-in digits at data.resolution (bilinear); as they are at 8."""
+    if images.shape[-1] == size:
+        return images
+    x = torch.as_tensor(images)
+    out = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return out.clamp_(-1, 1) if isinstance(images, torch.Tensor) else out.clamp_(-1, 1).numpy()
 
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]  # (samples, int64 class ids or None)
@@ -64,35 +76,53 @@ def batches(
     builtin_seed = stream_seed + spec.seed * 1_000_000_007  # data.seed=0: the streams as they always were
     if info.kind == "mixture":
         return ((x, None) for x in builtin.mixture_batches(spec.name, batch_size, builtin_seed))
+    size = info.sample_shape[-1]
     if spec.name == "digits":
-        data = torch.from_numpy(builtin.digits_array())[rank::world]
+        data = _resized(torch.from_numpy(builtin.digits_array())[rank::world], size)
         labels = torch.from_numpy(builtin.digits_labels())[rank::world]
         return builtin.tensor_batches(data, labels, batch_size, builtin_seed)
     if spec.name == "stacked_digits":
-        return ((x, None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed))
-    return _shard_batches(shard, batch_size, stream_seed)
+        return ((_resized(x, size), None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed))
+    return ShardStream(shard, batch_size, stream_seed, info.sample_shape)
 
 
-# Rows a worker mixes locally, in batches: on top of the once-shuffled data and the block order
-# that changes every epoch (runtime/ray_data.py); reseeded every epoch.
-LOCAL_SHUFFLE_BATCHES = 16
+class ShardStream:
+    """Endless (samples, labels) batches from a worker's Ray Data shard, epoch after epoch.
 
+    Shuffled twice over: Ray Data visits the data's units in a new order every epoch
+    (runtime/ray_data.py), and here a local buffer of thousands of rows, drawn from dozens of
+    units, mixes them again with a seed of its own per epoch and per resume. `skipped` counts the
+    bad rows the readers dropped (data.on_bad_image=skip)."""
 
-def _shard_batches(shard, batch_size: int, seed: int) -> Iterator[Batch]:
-    epoch = 0
-    while True:
-        yielded = False
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,
-            local_shuffle_buffer_size=LOCAL_SHUFFLE_BATCHES * batch_size,
-            local_shuffle_seed=seed + epoch,
-        ):
-            yielded = True
-            yield batch["x"], batch.get("y")
-        if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
-            raise RuntimeError(f"this worker's data shard has fewer than {batch_size} rows")
-        epoch += 1
+    MIN_BUFFER_BATCHES = 16
+    BUFFER_UNITS = 32  # units whose rows the buffer holds, when they fit in BUFFER_BYTES
+    BUFFER_BYTES = 256 * 2**20
+
+    def __init__(self, shard, batch_size: int, seed: int, sample_shape: tuple[int, ...]):
+        self.shard, self.batch_size, self.seed = shard, batch_size, seed
+        row_bytes = int(np.prod(sample_shape)) * 4
+        wanted = min(self.BUFFER_UNITS * files.UNIT_ROWS, self.BUFFER_BYTES // row_bytes)
+        self.buffer_rows = max(self.MIN_BUFFER_BATCHES * batch_size, wanted)
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = 0
+        while True:
+            yielded = False
+            for batch in self.shard.iter_torch_batches(
+                batch_size=self.batch_size,
+                drop_last=True,
+                local_shuffle_buffer_size=self.buffer_rows,
+                local_shuffle_seed=self.seed + epoch,
+                prefetch_batches=4,
+            ):
+                yielded = True
+                if "skipped" in batch:
+                    self.skipped += int(batch["skipped"].sum())
+                yield batch["x"], batch.get("y")
+            if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
+                raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size} rows")
+            epoch += 1
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -104,16 +134,15 @@ def real_images(spec: DataSpec, info: DataInfo, limit: int) -> tuple[np.ndarray,
     """Up to `limit` real images as [N, C, H, W] float32 in [-1, 1], and their class labels when
     the data has them (the built-in digits): the reference side of the image metrics. Drawn data
     (stacked_digits) is drawn with a fixed seed: every run is measured against the same images."""
+    size = info.sample_shape[-1]
     if spec.name == "digits":
         keep = files.spread(info.num_rows, limit)
-        return builtin.digits_array()[keep], builtin.digits_labels()[keep]
+        return _resized(builtin.digits_array()[keep], size), builtin.digits_labels()[keep]
     if spec.name == "stacked_digits":  # labels: the triple as one of 1,000 classes, 100 R + 10 G + B
         images, triples = builtin.stacked_digits_array(limit, REFERENCE_SEED)
-        return images, triples @ np.array([100, 10, 1])
-    if spec.name == "parquet":
-        return files.read_parquet_images(spec.path, spec.column, info.sample_shape[0], limit), None
-    if spec.name == "imagefolder":
-        return files.read_folder_images(spec.path, info.sample_shape[0], limit), None
+        return _resized(images, size), triples @ np.array([100, 10, 1])
+    if spec.name in ("parquet", "imagefolder") and info.kind == "image":
+        return files.sample(spec, _layout(info), limit)
     raise ValueError(f"{spec.name} holds no images")
 
 
@@ -121,6 +150,10 @@ def describe() -> list[tuple[str, str]]:
     """(name, description) of every data source, for `distgan datasets`."""
     return [
         *builtin.ABOUT.items(),
-        ("parquet", "your Parquet file/folder: data.path, data.column = float vectors or encoded image bytes"),
-        ("imagefolder", "your folder of images (png/jpg/...), all one size: data.path"),
+        (
+            "parquet",
+            "your Parquet file/folder (local or s3://, gs://...): data.path, data.column = float vectors or "
+            "encoded image bytes, data.label_column = int class ids",
+        ),
+        ("imagefolder", "your folder of images (png/jpg/...; local or s3://, gs://...): data.path"),
     ]

@@ -1,131 +1,362 @@
-"""User data: Parquet (a column of float vectors or encoded image bytes) and image folders.
+"""User data: Parquet (a column of float vectors or encoded image bytes, and an optional column of
+int class ids) and image folders, on local disk or object storage (`distgan.storage`).
 
-`inspect_*` run on the driver with pyarrow and PIL before Ray starts: they read the schema, every
-vector value (NaN/Inf, lengths) and every image header (size, mode; pixels are not decoded), and
-raise InputError naming the file and column. The Ray Data pipeline that decodes and shards the same
-data across the Train workers is `distgan.runtime.ray_data`.
+Data is read in *units*: a slice of at most UNIT_ROWS rows of one Parquet row group, or a chunk of
+image files. A unit is the grain of reading, of shuffling (units are visited in a new random order
+every epoch) and of error messages (file and row).
+
+- `inspect` runs on the driver before Ray: schema, row counts and label statistics from Parquet
+  metadata, and a decode of a bounded sample of images spread over the data. Its time and memory
+  do not grow with the number of rows.
+- `read_unit` runs in Ray Data tasks: it decodes, converts, resizes, crops and flips one unit to
+  uint8 CHW images (floats come on the training device), and fails or skips bad rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-from pathlib import Path
+import math
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 
+from distgan import storage
 from distgan.errors import InputError
+from distgan.spec.job import DataSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+# Rows per unit. Small, so that a worker's shuffle buffer of a few thousand rows holds rows from
+# dozens of places in the data: a class-sorted file still gives well-mixed batches. A row group
+# larger than this is read once per slice: `distgan data build` writes row groups of this size.
+UNIT_ROWS = 128
+SAMPLE_IMAGES = 256  # decoded by the checks on the driver, spread over the whole data
+GRAYSCALE_MODES = {"1", "L", "I", "I;16", "F"}
 
 
-def parquet_files(path: str) -> list[Path]:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"data.path {path!r} does not exist; point it at a Parquet file or a directory of them")
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*.parquet") if f.is_file())
-    if not files:
-        raise InputError(f"data.path {path!r} holds no *.parquet files")
-    return files
+class BadRow(Exception):
+    """One row of the data that cannot be used (undecodable image, wrong size, NaN vector)."""
 
 
-def _image_shape(blob: bytes, where: str) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class Layout:
+    """What `inspect` found: the kind of samples, their shape, rows and classes."""
+
+    kind: str  # "image" | "vector"
+    sample_shape: tuple[int, ...]
+    num_rows: int
+    num_classes: int | None
+    large_row_groups: int = 0  # row groups longer than UNIT_ROWS (read once per slice)
+
+
+# ---------------------------------------------------------------- units
+
+
+def _listing(location: str, kind: str) -> tuple:
+    suffixes = {".parquet"} if kind == "parquet" else IMAGE_SUFFIXES
+    fs, paths = storage.list_files(location, suffixes)
+    if not paths:
+        what = "*.parquet files" if kind == "parquet" else f"images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        raise InputError(f"data.path {location!r} holds no {what}")
+    return fs, tuple(paths)
+
+
+def filesystem(location: str):
+    return storage.resolve(location)[0]
+
+
+def _parquet_metadata(fs, path: str):
     try:
-        with Image.open(io.BytesIO(blob)) as im:
-            w, h = im.size
-            return (1 if im.mode in ("L", "1", "I", "I;16", "F") else 3, h, w)
+        return pq.ParquetFile(fs.open_input_file(path)).metadata
     except Exception as e:
-        raise InputError(f"{where}: not a readable image ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
 
 
-def _same_shape(shapes: dict[tuple, str], what: str) -> tuple[int, int, int]:
-    """One (C, H, W) for the whole dataset, else an error naming two files that differ."""
-    if len(shapes) > 1:
-        (s1, w1), (s2, w2) = list(shapes.items())[:2]
-        raise InputError(
-            f"mixed image sizes in {what}: {w1} is {s1[2]}x{s1[1]} ({s1[0]} ch) but {w2} is "
-            f"{s2[2]}x{s2[1]} ({s2[0]} ch); resize all images to one size"
-        )
-    return next(iter(shapes))
+def units(spec: DataSpec) -> list[dict]:
+    """Every unit of the data, in file order (the Ray Data pipeline visits them shuffled)."""
+    fs, paths = _listing(spec.path, spec.name)
+    if spec.name == "imagefolder":
+        return [
+            {"path": "", "paths": list(paths[i : i + UNIT_ROWS]), "row_group": -1, "start": 0, "first_row": i}
+            for i in range(0, len(paths), UNIT_ROWS)
+        ]
+    out = []
+    for path in paths:
+        md, first = _parquet_metadata(fs, path), 0
+        for g in range(md.num_row_groups):
+            rows = md.row_group(g).num_rows
+            for start in range(0, rows, UNIT_ROWS):
+                out.append({"path": path, "paths": [], "row_group": g, "start": start, "first_row": first + start})
+            first += rows
+    return out
 
 
-def inspect_parquet(path: str, column: str) -> tuple[str, tuple[int, ...], int]:
-    """(kind 'vector'|'image', sample shape, row count) of a Parquet column, or InputError."""
-    files = parquet_files(path)
-    kind, rows, vector_len, image_shapes = None, 0, None, {}
-    for f in files:
-        schema = pq.read_schema(f)
-        if column not in schema.names:
-            raise InputError(f"{f}: no column {column!r} (columns: {', '.join(schema.names)}); set data.column")
-        col_type = schema.field(column).type
-        if (
-            pa.types.is_list(col_type) or pa.types.is_fixed_size_list(col_type) or pa.types.is_large_list(col_type)
-        ) and pa.types.is_floating(col_type.value_type):
-            this = "vector"
-        elif pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type):
-            this = "image"
+# ---------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How rows become samples: the resolved options of a DataSpec."""
+
+    kind: str
+    shape: tuple[int, ...]  # (C, R, R) images, (dim,) vectors
+    crop: str = "center"
+    flip: bool = False
+    resize: bool = True  # False: images must already be R x R (data.resolution unset)
+
+    def image(self, blob: bytes, rng: np.random.Generator | None) -> np.ndarray:
+        """uint8 [C, R, R] from encoded bytes; BadRow when it cannot be decoded or does not fit.
+        `rng` None: no random crop or flip (reference images for the metrics)."""
+        channels, size = self.shape[0], self.shape[1]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad image
+                with Image.open(io.BytesIO(blob)) as im:
+                    im = im.convert("L" if channels == 1 else "RGB")
+        except Exception as e:
+            raise BadRow(f"is not a readable image ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        if (im.width, im.height) != (size, size):
+            if not self.resize:
+                raise BadRow(f"is {im.width}x{im.height}, the data is {size}x{size}; set data.resolution to resize it")
+            im = _fit(im, size, self.crop, rng)
+        if self.flip and rng is not None and rng.random() < 0.5:
+            im = ImageOps.mirror(im)
+        array = np.asarray(im, dtype=np.uint8)
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+    def vector(self, value) -> np.ndarray:
+        v = np.asarray(value, dtype=np.float32)
+        if v.shape != self.shape:
+            raise BadRow(f"is a vector of length {len(v)}, the data has length {self.shape[0]}")
+        if not np.isfinite(v).all():
+            raise BadRow("has NaN/Inf values; clean the data")
+        return v
+
+
+def _fit(im: Image.Image, size: int, crop: str, rng: np.random.Generator | None) -> Image.Image:
+    if crop == "none":
+        return im.resize((size, size), Image.Resampling.BICUBIC)
+    scale = size / min(im.width, im.height)
+    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+    im = im.resize((w, h), Image.Resampling.BICUBIC)
+    if crop == "random" and rng is not None:
+        x, y = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+    else:
+        x, y = (w - size) // 2, (h - size) // 2
+    return im.crop((x, y, x + size, y + size))
+
+
+def decoder(spec: DataSpec, layout: Layout) -> Decoder:
+    return Decoder(layout.kind, layout.sample_shape, spec.crop, spec.flip, resize=spec.resolution is not None)
+
+
+# ---------------------------------------------------------------- reading units
+
+
+def _read_rows(spec: DataSpec, unit: dict) -> tuple[list, list | None, list[str]]:
+    """(values, labels or None, where each row is) of one unit."""
+    fs = filesystem(spec.path)
+    if unit["paths"]:
+        values = [storage.read_bytes(fs, p) for p in unit["paths"]]
+        return values, None, list(unit["paths"])
+    columns = [spec.column] + ([spec.label_column] if spec.label_column else [])
+    with fs.open_input_file(unit["path"]) as f:
+        table = pq.ParquetFile(f).read_row_group(unit["row_group"], columns=columns)
+    table = table.slice(unit["start"], UNIT_ROWS)
+    labels = table.column(spec.label_column).to_pylist() if spec.label_column else None
+    where = [f"{unit['path']} row {unit['first_row'] + i}" for i in range(table.num_rows)]
+    return table.column(spec.column).to_pylist(), labels, where
+
+
+def read_unit(spec: DataSpec, dec: Decoder, num_classes: int | None, unit: dict, rng=None) -> dict:
+    """One unit as {"x": samples, "y": labels (when labeled), "skipped": rows dropped}: uint8 [n, C, R, R]
+    images or float32 [n, dim] vectors. A bad row raises InputError naming file, column and row
+    (data.on_bad_image=fail) or is dropped and counted (skip). The count rides on the unit's first
+    row (a column summed by the reader), so it survives the shuffles."""
+    values, labels, where = _read_rows(spec, unit)
+    samples, kept, skipped = [], [], 0
+    for i, value in enumerate(values):
+        sample = _decode_row(spec, dec, value, where[i], rng)
+        if sample is None:
+            skipped += 1
         else:
+            samples.append(sample)
+            kept.append(i)
+    x = np.stack(samples) if samples else np.zeros((0, *dec.shape), np.uint8 if dec.kind == "image" else np.float32)
+    out = {"x": x, "skipped": np.zeros(len(kept), np.int64)}
+    if len(kept):
+        out["skipped"][0] = skipped
+    if labels is not None:
+        y = np.array([labels[i] for i in kept], dtype=np.int64)
+        bad = np.flatnonzero((y < 0) | (y >= num_classes))
+        if len(bad):
+            row = where[kept[bad[0]]]
+            raise InputError(f"{row}: label {y[bad[0]]} is not a class id in 0..{num_classes - 1}")
+        out["y"] = y
+    return out
+
+
+def _decode_row(spec: DataSpec, dec: Decoder, value, where: str, rng) -> np.ndarray | None:
+    """The sample of one row; None for a bad row under on_bad_image=skip, InputError under fail."""
+    try:
+        if value is None:
+            raise BadRow("is null")
+        return dec.image(value, rng) if dec.kind == "image" else dec.vector(value)
+    except BadRow as e:
+        if spec.on_bad_image == "fail":
             raise InputError(
-                f"{f}: column {column!r} is {col_type}; expected a list of floats (vectors) or binary (encoded images)"
-            )
+                f"{where} (column {spec.column!r}) {e}; fix or remove it, or set data.on_bad_image=skip"
+            ) from None
+        return None
+
+
+# ---------------------------------------------------------------- the checks on the driver
+
+
+def inspect(spec: DataSpec) -> Layout:
+    """Check the data and describe it, in time and memory bounded by the number of files (not rows)."""
+    if spec.name == "imagefolder":
+        _, paths = _listing(spec.path, "imagefolder")
+        return _sampled_layout(spec, "image", None, len(paths), None, 0)
+    fs, paths = _listing(spec.path, "parquet")
+    kind, vector_len, rows, max_label, large = None, None, 0, -1, 0
+    for path in paths:
+        md = _parquet_metadata(fs, path)
+        schema = md.schema.to_arrow_schema()
+        this, length = _column_kind(schema, spec.column, path)
         if kind and this != kind:
-            raise InputError(f"{f}: column {column!r} holds {this}s but earlier files hold {kind}s")
-        kind = this
-        values = pq.read_table(f, columns=[column]).column(column)
-        if values.null_count:
-            raise InputError(f"{f}: column {column!r} has {values.null_count} null rows; drop or fill them")
-        rows += len(values)
-        if kind == "vector":
-            lengths = pc.list_value_length(values)
-            lo, hi = pc.min(lengths).as_py(), pc.max(lengths).as_py()
-            if lo is not None and (lo != hi or (vector_len is not None and lo != vector_len)):
-                raise InputError(
-                    f"{f}: column {column!r} has vectors of different lengths ({lo} to {hi}, earlier "
-                    f"{vector_len}); all must match"
-                )
-            vector_len = lo if lo is not None else vector_len
-            flat = pc.list_flatten(values)
-            bad = pc.invert(pc.is_finite(flat))
-            if pc.any(bad).as_py():
-                row = int(pc.index(bad, True).as_py()) // max(lo, 1)
-                raise InputError(f"{f}: column {column!r} has NaN/Inf values (first at row {row}); clean the data")
-        else:
-            for i, blob in enumerate(values.to_pylist()):
-                image_shapes.setdefault(_image_shape(blob, f"{f}: column {column!r} row {i}"), f"{f} row {i}")
+            raise InputError(f"{path}: column {spec.column!r} holds {this}s but earlier files hold {kind}s")
+        kind, vector_len = this, vector_len or length
+        if spec.label_column:
+            max_label = max(max_label, _label_range(fs, path, md, schema, spec.label_column))
+        rows += md.num_rows
+        large += sum(md.row_group(g).num_rows > UNIT_ROWS for g in range(md.num_row_groups))
     if rows == 0:
-        raise InputError(f"data.path {path!r}: column {column!r} is empty (0 rows in {len(files)} file(s))")
+        raise InputError(f"data.path {spec.path!r}: column {spec.column!r} is empty (0 rows in {len(paths)} file(s))")
+    num_classes = max_label + 1 if spec.label_column else None
+    return _sampled_layout(spec, kind, vector_len, rows, num_classes, large)
+
+
+def _column_kind(schema: pa.Schema, column: str, path: str) -> tuple[str, int | None]:
+    if column not in schema.names:
+        raise InputError(f"{path}: no column {column!r} (columns: {', '.join(schema.names)}); set data.column")
+    t = schema.field(column).type
+    if (pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)) and pa.types.is_floating(
+        t.value_type
+    ):
+        return "vector", (t.list_size if pa.types.is_fixed_size_list(t) else None)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "image", None
+    raise InputError(
+        f"{path}: column {column!r} is {t}; expected binary (encoded images) or a list of floats (vectors)"
+    )
+
+
+def _label_range(fs, path: str, md, schema: pa.Schema, label: str) -> int:
+    """The largest label of one file, from the row groups' statistics (read from the column only
+    where a writer left no statistics); InputError for a non-integer type, nulls or negatives."""
+    if label not in schema.names:
+        raise InputError(f"{path}: no column {label!r} (columns: {', '.join(schema.names)}); set data.label_column")
+    t = schema.field(label).type
+    if not pa.types.is_integer(t):
+        raise InputError(f"{path}: label column {label!r} is {t}; labels must be integer class ids 0..K-1")
+    leaf = next(i for i in range(md.num_columns) if md.schema.column(i).path == label)
+    lo, hi, nulls = math.inf, -1, 0
+    for g in range(md.num_row_groups):
+        stats = md.row_group(g).column(leaf).statistics
+        if stats is None or not stats.has_min_max:
+            with fs.open_input_file(path) as f:
+                values = pq.ParquetFile(f).read_row_group(g, columns=[label]).column(label)
+            lo_g, hi_g = pc.min(values).as_py(), pc.max(values).as_py()
+            nulls += values.null_count
+        else:
+            lo_g, hi_g = stats.min, stats.max
+            nulls += stats.null_count or 0
+        if lo_g is not None:
+            lo, hi = min(lo, lo_g), max(hi, hi_g)
+    if nulls:
+        raise InputError(f"{path}: label column {label!r} has {nulls} null rows; every row needs a class id")
+    if lo < 0:
+        raise InputError(f"{path}: label column {label!r} holds {lo}; labels must be class ids 0..K-1 (not negative)")
+    return hi
+
+
+def _sampled_layout(spec, kind, vector_len, rows, num_classes, large) -> Layout:
+    """Decode SAMPLE_IMAGES rows spread over the data: the sample shape (channels, size) comes from
+    them, and a bad row among them is reported now, before Ray."""
+    all_units = units(spec)
+    sample = [all_units[i] for i in spread(len(all_units), 16)]
+    per_unit = max(1, SAMPLE_IMAGES // len(sample))
+    values, where = [], []
+    for unit in sample:
+        v, _, w = _read_rows(spec, unit)
+        for i in spread(len(v), per_unit):
+            values.append(v[i])
+            where.append(w[i])
     if kind == "vector":
-        return kind, (vector_len,), rows
-    return kind, _same_shape(image_shapes, f"column {column!r} of {path}"), rows
+        dim = vector_len or next((len(v) for v in values if v is not None), 0)
+        layout = Layout("vector", (dim,), rows, num_classes, large)
+    else:
+        layout = Layout("image", _image_shape(spec, values, where), rows, num_classes, large)
+    dec = decoder(spec, layout)
+    for value, w in zip(values, where):
+        _decode_row(spec, dec, value, w, None)
+    return layout
 
 
-def inspect_image_folder(path: str) -> tuple[tuple[int, int, int], int]:
-    """(sample shape (C, H, W), image count) of a folder of images, or InputError."""
-    p = Path(path)
-    if not p.is_dir():
-        raise InputError(f"data.path {path!r} is not a directory; imagefolder needs a folder of images")
-    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    if not files:
-        raise InputError(f"data.path {path!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    shapes: dict[tuple, str] = {}
-    for f in files:
-        shapes.setdefault(_image_shape(f.read_bytes(), str(f)), str(f))
-    return _same_shape(shapes, path), len(files)
+def _image_shape(spec: DataSpec, blobs: list, where: list[str]) -> tuple[int, int, int]:
+    """(C, R, R): data.channels/resolution, or what the sampled images agree on."""
+    sizes, modes, unreadable = {}, set(), None
+    for blob, w in zip(blobs, where):
+        try:
+            with Image.open(io.BytesIO(blob)) as im:  # the header only: no pixels decoded
+                sizes.setdefault(im.size, w)
+                modes.add(im.mode)
+        except Exception as e:  # reported by the decode that follows (or skipped)
+            unreadable = unreadable or f"{w} (column {spec.column!r}) is not a readable image ({type(e).__name__})"
+    if not sizes:
+        raise InputError(f"{unreadable}; none of the {len(blobs)} sampled images could be read")
+    channels = spec.channels or (1 if modes <= GRAYSCALE_MODES else 3)
+    if spec.resolution:
+        return channels, spec.resolution, spec.resolution
+    (w, h), first = next(iter(sizes.items()))
+    if len(sizes) > 1:
+        (w2, h2), second = list(sizes.items())[1]
+        raise InputError(
+            f"mixed image sizes: {first} is {w}x{h} but {second} is {w2}x{h2}; set data.resolution "
+            "(images are resized and cropped to it)"
+        )
+    if w != h:
+        raise InputError(f"{first} is {w}x{h}, not square; set data.resolution (and data.crop) to train on it")
+    if w < 8:
+        raise InputError(f"{first} is {w}x{h}; images smaller than 8x8 are not supported: set data.resolution")
+    return channels, w, w
 
 
-def to_unit_range(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W(, C)] -> float32 [N, C, H, W] in [-1, 1]."""
-    if images.ndim == 3:
-        images = images[..., None]
-    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
+def fingerprint(spec: DataSpec) -> str:
+    """10 hex digits that change with the data: the column, and each file's relative path, size and
+    first and last 64 KiB (bounded work however large the data; Parquet keeps its footer at the end).
+    The same data anywhere, local or in a bucket, gives the same digest."""
+    fs, paths = _listing(spec.path, spec.name)
+    root = storage.resolve(spec.path)[1]
+    h = hashlib.sha256(f"{spec.column}|{spec.label_column}".encode())
+    for path in paths:
+        with fs.open_input_file(path) as f:
+            size = f.size()
+            head = f.read(min(size, 1 << 16))
+            f.seek(max(0, size - (1 << 16)))
+            tail = f.read()
+        relative = path[len(root) :].lstrip("/") if path != root else path.rsplit("/", 1)[-1]
+        h.update(f"{relative}|{size}|".encode() + head + tail)
+    return h.hexdigest()[:10]
 
 
-def decode(blobs, channels: int) -> np.ndarray:
-    mode = "L" if channels == 1 else "RGB"
-    return to_unit_range(np.stack([np.asarray(Image.open(io.BytesIO(b)).convert(mode)) for b in blobs]))
+# ---------------------------------------------------------------- reference images
 
 
 def spread(n: int, limit: int) -> np.ndarray:
@@ -133,12 +364,18 @@ def spread(n: int, limit: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))
 
 
-def read_parquet_images(path: str, column: str, channels: int, limit: int) -> np.ndarray:
-    """Up to `limit` images of a Parquet column, spread over all rows: [N, C, H, W] in [-1, 1]."""
-    blobs = [b for f in parquet_files(path) for b in pq.read_table(f, columns=[column]).column(column).to_pylist()]
-    return decode([blobs[i] for i in spread(len(blobs), limit)], channels)
-
-
-def read_folder_images(path: str, channels: int, limit: int) -> np.ndarray:
-    files = sorted(f for f in Path(path).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    return decode([files[i].read_bytes() for i in spread(len(files), limit)], channels)
+def sample(spec: DataSpec, layout: Layout, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to `limit` samples spread over the data, as the metrics' reference: images as float32
+    [N, C, H, W] in [-1, 1] (center crop, no flip), and their labels when the data has them. Whole
+    units spread evenly, so the time is bounded by `limit`, not by the data."""
+    all_units = units(spec)
+    picked = [all_units[i] for i in spread(len(all_units), math.ceil(limit / UNIT_ROWS) + 1)]
+    dec = Decoder(layout.kind, layout.sample_shape, spec.crop, False, resize=spec.resolution is not None)
+    lenient = spec.model_copy(update={"on_bad_image": "skip"})  # the training run decides what bad rows mean
+    parts = [read_unit(lenient, dec, layout.num_classes, u) for u in picked]
+    x = np.concatenate([p["x"] for p in parts])
+    keep = spread(len(x), limit)
+    if layout.kind == "image":
+        x = x.astype(np.float32) / 127.5 - 1.0
+    labels = np.concatenate([p["y"] for p in parts])[keep] if layout.num_classes else None
+    return x[keep], labels

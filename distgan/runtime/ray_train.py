@@ -29,6 +29,7 @@ from ray.util.queue import Queue
 from distgan.core import loop
 from distgan.data import DataInfo
 from distgan.errors import InputError
+from distgan.runtime import ray_data
 from distgan.spec.job import JobSpec
 
 # Env vars every Ray worker gets: MLflow's settings (telemetry off: a lost batch offline otherwise)
@@ -178,6 +179,9 @@ def build_torch_trainer(
     `record`: where rank 0 records (a `RecordTarget`), or None."""
     s = spec.scaling
     metric, order = keep_best or (None, "max")
+    cpus = (
+        ray_data.worker_cpus(s.cpus_per_worker, s.workers, ray_data.cluster_cpus()) if datasets else s.cpus_per_worker
+    )
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -189,7 +193,7 @@ def build_torch_trainer(
         scaling_config=ScalingConfig(
             num_workers=s.workers,
             use_gpu=s.gpu,
-            resources_per_worker={"CPU": s.cpus_per_worker} | ({"GPU": 1} if s.gpu else {}),
+            resources_per_worker={"CPU": cpus} | ({"GPU": 1} if s.gpu else {}),
             placement_strategy=s.placement,
         ),
         run_config=RunConfig(

@@ -29,9 +29,19 @@ class Section(BaseModel):
 
 class DataSpec(Section):
     name: Literal["ring8", "grid25", "digits", "stacked_digits", "parquet", "imagefolder"] = "grid25"
-    path: str | None = None  # parquet file/directory or image folder
+    # parquet: a file or a directory of them; imagefolder: a folder of images. A local path or a URI
+    # (s3://, gs://, anything pyarrow.fs resolves), read with the SDKs' usual credentials.
+    path: str | None = None
     column: str | None = None  # parquet column: fixed-length float vectors or encoded image bytes
-    seed: int = 0  # seeds the built-in datasets' draws
+    label_column: str | None = None  # parquet column of int class ids 0..K-1 that travel with the samples
+    # Images: the square size they are trained at (8..1024). None: as stored (then all one square size).
+    # The built-in digits and stacked_digits are resized from 8 px; user images are resized and cropped.
+    resolution: int | None = Field(None, ge=8, le=1024)
+    crop: Literal["center", "random", "none"] = "center"  # to a square after resizing the short side; none: squash
+    flip: bool = False  # random horizontal flips of user images (a fresh draw every epoch)
+    channels: Literal[1, 3] | None = None  # None: 1 if the sampled images are all grayscale, else 3 (RGBA -> RGB)
+    on_bad_image: Literal["fail", "skip"] = "fail"  # skip: drop undecodable images, counted as data_skipped
+    seed: int = 0  # seeds the built-in datasets' draws and the order user data is read in
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataSpec:
@@ -41,6 +51,14 @@ class DataSpec(Section):
             raise ValueError(f"data.path is only for parquet/imagefolder data, not the built-in {self.name!r}")
         if self.name == "parquet" and not self.column:
             raise ValueError("data.name=parquet needs data.column (the column holding vectors or image bytes)")
+        if self.label_column and self.name != "parquet":
+            raise ValueError(f"data.label_column is for parquet data; {self.name} has no label column")
+        if self.resolution and self.name in POINT_DATASETS:
+            raise ValueError(f"data.resolution is for images; {self.name} is 2-D points")
+        user_options = {"crop": "center", "flip": False, "channels": None, "on_bad_image": "fail"}
+        for key, default in user_options.items():
+            if self.name in BUILTIN_DATASETS and getattr(self, key) != default:
+                raise ValueError(f"data.{key} is for parquet/imagefolder images, not the built-in {self.name!r}")
         return self
 
 

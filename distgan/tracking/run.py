@@ -123,8 +123,8 @@ def describe(spec, info: DataInfo | None) -> str:
 
 def dataset(data, info: DataInfo):
     """The run's training data as an MLflow dataset: a built-in's name and seed (a code source), or
-    the Parquet/image-folder location (its path or URI); the digest fingerprints the content (the
-    files' bytes, or the built-in's name, seed and shape)."""
+    the Parquet/image-folder location (its path or URI); the digest fingerprints the content (see
+    `files.fingerprint`, or the built-in's name, seed and shape)."""
     import numpy as np
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
@@ -143,24 +143,7 @@ def dataset(data, info: DataInfo):
             source = resolve_dataset_source(data.path)
     except Exception:  # a location MLflow has no source type for
         source = CodeDatasetSource({"path": data.path})
-    return MetaDataset(source, name=Path(data.path).name or data.name, digest=_content_digest(data), schema=schema)
-
-
-def _content_digest(data) -> str:
-    """sha256 of the data files (relative path, then bytes), 10 hex digits: the same data anywhere
-    gives the same digest, any change of a byte another."""
-    root = Path(data.path)
-    if data.name == "parquet":
-        paths = files.parquet_files(data.path)
-    else:
-        paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in files.IMAGE_SUFFIXES)
-    h = hashlib.sha256(str(data.column).encode())
-    for p in paths:
-        h.update(str(p.relative_to(root) if p != root else p.name).encode())
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()[:10]
+    return MetaDataset(source, name=Path(data.path).name or data.name, digest=files.fingerprint(data), schema=schema)
 
 
 def log_dataset(client, run_id: str, data, info: DataInfo) -> None:
