@@ -95,6 +95,10 @@ def _run_dir(spec: JobSpec) -> Path:
     return Path(spec.train.storage_path or ray_train.DEFAULT_STORAGE).resolve() / spec.train.name
 
 
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
+
+
 def _resume_salt(run_dir: Path) -> int:
     """Differs at every resume of a run (the time of its newest checkpoint): a resumed run reads its
     data in new orders, not the first attempt's again."""
@@ -128,7 +132,7 @@ def _result(
     out = (fit.return_value if fit is not None else None) or {}
     return TrainResult(
         status=out.get("status", "failed") if error is None else "failed",
-        error=None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        error=out.get("error") if error is None else f"{type(error).__name__}: {_first_line(error)}",
         name=spec.train.name,
         run_dir=str(run_dir),
         workers=spec.scaling.workers,

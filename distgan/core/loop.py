@@ -151,6 +151,9 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     evaluator = Evaluator(spec, info, device, rank, world, gather)
     health = _health_monitor(spec, evaluator, record, start) if is_chief else None
 
+    # User data reports a bad row (data.on_bad_image=fail) here, on the rank that read it.
+    data_error = (lambda: batches.error) if isinstance(batches, data.ShardStream) else None
+    error = None
     totals: dict[str, float] = {}
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
     status, metrics, step = "finished", {}, start
@@ -164,6 +167,12 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v  # tensors: no host sync per step
         interval_steps += 1
+        if data_error is not None and step % DATA_CHECK_EVERY == 0 and any_rank(data_error() is not None, device):
+            error = next(e for e in gather(data_error()) if e)
+            status = "failed"
+            if is_chief:
+                session.progress(f"step {step}: {error}")
+            break
 
         evaluate = step % t.eval_every == 0 or step == t.steps
         save = step % t.checkpoint_every == 0 or step == t.steps
@@ -173,6 +182,8 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         metrics = {k: float(v) / interval_steps for k, v in totals.items()}
         metrics |= {"step_time": elapsed / interval_steps, "img_per_s": interval_steps * t.batch_size / elapsed}
         metrics |= {"lr_g": eng.opt_g.param_groups[0]["lr"], "lr_d": eng.opt_d.param_groups[0]["lr"]}
+        if isinstance(batches, data.ShardStream):
+            metrics["data_skipped"] = float(sum(gather(batches.skipped)))  # bad rows dropped so far, all ranks
         diverged = any_rank(not all(np.isfinite(list(metrics.values()))), device)
         # Every rank evaluates and saves the same G, D and EMA-G, BatchNorm running stats included.
         average_buffers(G, D, eng.G_ema)
@@ -207,6 +218,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         metrics.pop("step", None)
     return {
         "status": status,
+        "error": error,
         "steps": step,
         "precision": precision,
         "compiled": eng.compiled,
@@ -238,6 +250,7 @@ def _new_signals(health: HealthMonitor | None, step: int, metrics: dict) -> list
 
 
 CONV_ARCHS = ("dcgan", "resnet")
+DATA_CHECK_EVERY = 20  # steps between the checks for a bad row of user data (one tiny all-reduce)
 
 
 def choose_precision(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> str:
@@ -281,7 +294,7 @@ class Prefetcher:
         t = t.to(self.device, non_blocking=self.cuda)
         if images:
             t = data.to_unit_range(t)
-            if self.channels_last and t.dim() == 4:
+            if self.cuda and self.channels_last and t.dim() == 4:  # the CPU path stays as it was
                 t = t.contiguous(memory_format=torch.channels_last)
         return t
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from distgan.data import builtin, files
+from distgan.errors import InputError
 from distgan.spec.job import DataSpec
 
 REFERENCE_SEED = 0  # the reference images of drawn image data (stacked_digits), whatever the run's seed
@@ -104,25 +105,49 @@ class ShardStream:
         wanted = min(self.BUFFER_UNITS * files.UNIT_ROWS, self.BUFFER_BYTES // row_bytes)
         self.buffer_rows = max(self.MIN_BUFFER_BATCHES * batch_size, wanted)
         self.skipped = 0
+        self.error: str | None = None  # a bad row under data.on_bad_image=fail (see __iter__)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = 0
+        epoch, last = 0, None
         while True:
             yielded = False
-            for batch in self.shard.iter_torch_batches(
-                batch_size=self.batch_size,
-                drop_last=True,
-                local_shuffle_buffer_size=self.buffer_rows,
-                local_shuffle_seed=self.seed + epoch,
-                prefetch_batches=4,
-            ):
-                yielded = True
-                if "skipped" in batch:
-                    self.skipped += int(batch["skipped"].sum())
-                yield batch["x"], batch.get("y")
+            try:
+                for batch in self.shard.iter_torch_batches(
+                    batch_size=self.batch_size,
+                    drop_last=True,
+                    local_shuffle_buffer_size=self.buffer_rows,
+                    local_shuffle_seed=self.seed + epoch,
+                    prefetch_batches=4,
+                ):
+                    yielded = True
+                    if "skipped" in batch:
+                        self.skipped += int(batch["skipped"].sum())
+                    last = batch["x"], batch.get("y")
+                    yield last
+            except Exception as e:
+                message = _input_error(e)
+                if message is None or last is None:
+                    raise  # a worker failure (Ray Train restarts the group) or bad data before any batch
+                # Bad data is no worker failure (a restart would meet it again): this rank keeps its
+                # collectives in step on its last batch until the loop, which checks `error` on every
+                # rank every few steps, ends the run with it.
+                self.error = message
+                while True:
+                    yield last
             if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
                 raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size} rows")
             epoch += 1
+
+
+def _input_error(e: BaseException) -> str | None:
+    """The message of the InputError (a bad row) that a Ray Data task raised, however Ray wrapped it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, InputError):
+            return str(e).strip().splitlines()[-1]
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ PENALTIES = ("r1", "r2", "gp")
 D_HEALTH = ("d_accuracy", "critic_gap")
 # fp16 only: the fraction of D's and G's optimizer steps the GradScaler skipped (gradients overflowed).
 AMP = ("amp_skipped_d", "amp_skipped_g")
-LOOP = (*LOSS_AND_GRAD, *D_HEALTH, *PENALTIES, *AMP, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d")
+# data_skipped: user-data rows dropped so far (data.on_bad_image=skip), all workers together.
+LOOP = (*LOSS_AND_GRAD, *D_HEALTH, *PENALTIES, *AMP, "img_per_s", "step_time", "eval_s", "lr_g", "lr_d", "data_skipped")
 
 MIXTURE = ("modes", "high_quality", "reverse_kl")  # 2-D mixtures (metrics.mixture)
 STACKED = ("modes", "reverse_kl")  # stacked digits (metrics.stacked): digit triples covered, of 1,000
