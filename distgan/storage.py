@@ -29,16 +29,40 @@ def absolute(location: str) -> str:
     return str(Path(str(location).removeprefix("file://")).expanduser().resolve())
 
 
+# Where the AWS SDK finds credentials besides the instance metadata service.
+AWS_CREDENTIAL_SOURCES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                          "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")  # fmt: skip
+
+
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI; InputError when the URI is not usable."""
     if not is_remote(location):
         return pafs.LocalFileSystem(), absolute(location)
+    if str(location).startswith("s3://") and not _aws_credentials_possible() and "anonymous=" not in str(location):
+        raise InputError(
+            f"{location}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE), or add ?anonymous=true to the URI for a public bucket"
+        )
     try:
         return pafs.FileSystem.from_uri(str(location))
     except Exception as e:  # unknown scheme, missing optional SDK, malformed URI
         raise InputError(
             f"{location}: cannot open this location ({_reason(e)}); check the URI and its scheme"
         ) from None
+
+
+def _aws_credentials_possible() -> bool:
+    """False only when no source of AWS credentials exists: none in the environment, no shared
+    credentials/config file, and the instance metadata service is turned off."""
+    if any(os.environ.get(k) for k in AWS_CREDENTIAL_SOURCES):
+        return True
+    files = [
+        os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+        os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"),
+    ]
+    if any(Path(f).expanduser().is_file() for f in files):
+        return True
+    return os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true"
 
 
 def info(fs: pafs.FileSystem, path: str, location: str) -> pafs.FileInfo:
@@ -54,7 +78,9 @@ def list_files(location: str, suffixes: set[str] | None = None) -> tuple[pafs.Fi
     fs, path = resolve(location)
     found = info(fs, path, location)
     if found.type == pafs.FileType.NotFound:
-        raise InputError(f"{location} does not exist; check the path (and, for object storage, the bucket and key)")
+        if is_remote(location) and info(fs, path.split("/")[0], location).type == pafs.FileType.NotFound:
+            raise InputError(f"{location}: bucket {path.split('/')[0]!r} does not exist; check the URI")
+        raise InputError(f"{location} does not exist; check the path")
     if found.type == pafs.FileType.File:
         return fs, [path]
     try:

@@ -280,7 +280,7 @@ def test_class_sorted_parquet_gives_mixed_batches_every_epoch_in_a_new_order(tmp
         worker = Worker.remote()
         ray.get(worker.ready.remote())
         ds = ray_data.datasets(spec, info)["train"]
-        stream = iter(data.ShardStream(ds.streaming_split(1)[0], batch, seed=0, sample_shape=info.sample_shape))
+        stream = iter(data.ShardStream(ds.streaming_split(1)[0], batch, seed=0, info=info))
         per_epoch = rows // batch
         batches = [next(stream) for _ in range(2 * per_epoch)]
     finally:

@@ -87,7 +87,7 @@ def test_metric_names_carry_a_torchscript_network(tmp_path):
 
 
 def test_feature_net_refusals(tmp_path, monkeypatch):
-    with pytest.raises(InputError, match="takes 1x8x8 images; this data is 3x32x32"):
+    with pytest.raises(InputError, match="takes 1-channel square images of 8 px or more; this data is 3x32x32"):
         features.check("digits", (3, 32, 32))
     with pytest.raises(InputError, match="no such TorchScript file"):
         features.check(str(tmp_path / "missing.pt"), (1, 8, 8))

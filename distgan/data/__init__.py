@@ -84,7 +84,7 @@ def batches(
         return builtin.tensor_batches(data, labels, batch_size, builtin_seed)
     if spec.name == "stacked_digits":
         return ((_resized(x, size), None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed))
-    return ShardStream(shard, batch_size, stream_seed, info.sample_shape)
+    return ShardStream(shard, batch_size, stream_seed, info)
 
 
 class ShardStream:
@@ -99,8 +99,9 @@ class ShardStream:
     BUFFER_UNITS = 32  # units whose rows the buffer holds, when they fit in BUFFER_BYTES
     BUFFER_BYTES = 256 * 2**20
 
-    def __init__(self, shard, batch_size: int, seed: int, sample_shape: tuple[int, ...]):
-        self.shard, self.batch_size, self.seed = shard, batch_size, seed
+    def __init__(self, shard, batch_size: int, seed: int, info: DataInfo):
+        self.shard, self.batch_size, self.seed, self.info = shard, batch_size, seed, info
+        sample_shape = info.sample_shape
         row_bytes = int(np.prod(sample_shape)) * 4
         wanted = min(self.BUFFER_UNITS * files.UNIT_ROWS, self.BUFFER_BYTES // row_bytes)
         self.buffer_rows = max(self.MIN_BUFFER_BATCHES * batch_size, wanted)
@@ -126,17 +127,22 @@ class ShardStream:
                     yield last
             except Exception as e:
                 message = _input_error(e)
-                if message is None or last is None:
-                    raise  # a worker failure (Ray Train restarts the group) or bad data before any batch
+                if message is None:
+                    raise  # a worker failure: Ray Train restarts the group from the latest checkpoint
                 # Bad data is no worker failure (a restart would meet it again): this rank keeps its
-                # collectives in step on its last batch until the loop, which checks `error` on every
-                # rank every few steps, ends the run with it.
+                # collectives in step on its last batch (or a blank one) until the loop, which checks
+                # `error` on every rank every few steps, ends the run with it.
                 self.error = message
                 while True:
-                    yield last
+                    yield last or self._blank()
             if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
                 raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size} rows")
             epoch += 1
+
+    def _blank(self) -> Batch:
+        x = torch.zeros((self.batch_size, *self.info.sample_shape), dtype=torch.float32)
+        labels = torch.zeros(self.batch_size, dtype=torch.int64) if self.info.num_classes else None
+        return (x.to(torch.uint8) if self.info.kind == "image" else x), labels
 
 
 def _input_error(e: BaseException) -> str | None:
@@ -144,8 +150,8 @@ def _input_error(e: BaseException) -> str | None:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, InputError):
-            return str(e).strip().splitlines()[-1]
+        if isinstance(e, InputError):  # Ray's RayTaskError(InputError) keeps the original as `cause`
+            return str(getattr(e, "cause", None) or e).strip().splitlines()[0]
         e = e.__cause__ or e.__context__
     return None
 

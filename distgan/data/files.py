@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -119,7 +120,8 @@ class Decoder:
                 with Image.open(io.BytesIO(blob)) as im:
                     im = im.convert("L" if channels == 1 else "RGB")
         except Exception as e:
-            raise BadRow(f"is not a readable image ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+            reason = re.sub(r" <_io\.BytesIO object at \w+>", "", " ".join(str(e).split()))[:120]
+            raise BadRow(f"is not a readable image ({type(e).__name__}: {reason})") from None
         if (im.width, im.height) != (size, size):
             if not self.resize:
                 raise BadRow(f"is {im.width}x{im.height}, the data is {size}x{size}; set data.resolution to resize it")

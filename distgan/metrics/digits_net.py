@@ -24,7 +24,8 @@ NUM_CLASSES = 10
 
 
 class DigitsNet(nn.Module):
-    """[N, 1, 8, 8] in [-1, 1] -> 64 features (penultimate layer) -> 10 logits."""
+    """[N, 1, 8, 8] in [-1, 1] -> 64 features (penultimate layer) -> 10 logits. Larger square images
+    (the digits at data.resolution) are first averaged down to 8x8, the size the net was trained at."""
 
     def __init__(self):
         super().__init__()
@@ -37,6 +38,8 @@ class DigitsNet(nn.Module):
         self.head = nn.Linear(FEATURE_DIM, NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 8:
+            x = nn.functional.interpolate(x, size=(8, 8), mode="area")
         return self.conv(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -85,9 +85,10 @@ def check(choice: str, sample_shape: tuple[int, ...], feature_name: str | None =
     """InputError when the network cannot take this data or is not available; run on the driver,
     before Ray starts. A pretrained network is downloaded here, on first use, and verified."""
     shape = "x".join(map(str, sample_shape))
-    if choice == "digits" and tuple(sample_shape) != (1, 8, 8):
+    c, h, w = (tuple(sample_shape) + (0, 0, 0))[:3]
+    if choice == "digits" and not (c == 1 and h == w >= 8):
         raise InputError(
-            f"metrics.feature_net=digits takes 1x8x8 images; this data is {shape}: "
+            f"metrics.feature_net=digits takes 1-channel square images of 8 px or more; this data is {shape}: "
             "use inception, dinov2, a TorchScript file, or none"
         )
     if choice in PRETRAINED:

@@ -1,0 +1,102 @@
+"""User data on a real local Ray, streamed through Ray Data: labels and a bad image met mid-stream,
+data in object storage (a real S3-protocol server on loopback)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, blob_images, png_bytes, read_json, run_cli
+
+from distgan.data import files
+from distgan.spec.job import DataSpec
+
+pytestmark = pytest.mark.cluster
+
+TINY = [
+    "--set", "model.base_channels=8", "--set", "model.latent_dim=16", "--set", "train.batch_size=64",
+    "--set", "train.eval_samples=100", "--set", "metrics.final_samples=100", "--set", "metrics.feature_net=none",
+    "--set", "model.spectral_norm=false", "--no-tracking",
+]  # fmt: skip
+
+
+def _labeled_parquet(path, rows: int, bad: int | None = None) -> str:
+    """8x8 images with labels 0..9 in row groups of UNIT_ROWS rows; row `bad` is not an image."""
+    blobs = [png_bytes(im) for im in blob_images(rows, 8)]
+    if bad is not None:
+        blobs[bad] = b"not an image"
+    table = pa.table({"image": blobs, "label": [i % 10 for i in range(rows)]})
+    pq.write_table(table, path, row_group_size=files.UNIT_ROWS)
+    return str(path)
+
+
+def _unsampled_row(path: str) -> int:
+    """A row in a unit the driver's checks do not sample: only the training run meets it."""
+    spec = DataSpec(name="parquet", path=path, column="image")
+    units = files.units(spec)
+    sampled = set(files.spread(len(units), 16))
+    return next(u["first_row"] + 5 for i, u in enumerate(units) if i not in sampled)
+
+
+def _train(tmp_path, data: str, *extra: str, env=None):
+    out = tmp_path / f"result-{len(list(tmp_path.glob('result-*')))}.json"
+    r = run_cli(
+        "train",
+        str(REPO / "jobs" / "parquet-images.yaml"),
+        "--json-out", str(out), "--set", f"data.path={data}", "--set", "data.label_column=label",
+        "--set", f"train.storage_path={tmp_path / 'runs'}", *TINY, *extra,
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    return r, (read_json(out) if out.exists() else None)
+
+
+def test_a_bad_image_mid_stream_is_skipped_and_counted_or_ends_the_run_naming_it(tmp_path):
+    probe = _labeled_parquet(tmp_path / "probe.parquet", 20 * files.UNIT_ROWS)
+    bad = _unsampled_row(probe)
+    data = _labeled_parquet(tmp_path / "labeled.parquet", 20 * files.UNIT_ROWS, bad=bad)
+
+    # skip: 60 steps of 64 rows read all 2,560 rows at least once
+    r, res = _train(
+        tmp_path, data, "--workers", "1", "--name", "skip", "--set", "data.on_bad_image=skip",
+        "--set", "train.steps=60", "--set", "train.eval_every=30", "--set", "train.checkpoint_every=60",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert res["status"] == "finished" and res["steps"] == 60
+    assert res["metrics"]["data_skipped"] >= 1
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "skip" / "distgan" / "metrics.jsonl").open()]
+    assert [row["data_skipped"] for row in rows][-1] == res["metrics"]["data_skipped"]
+
+    # fail (the default), on two workers: the run ends with the file and row, after no restart
+    r, res = _train(
+        tmp_path, data, "--workers", "2", "--name", "fail",
+        "--set", "train.steps=400", "--set", "train.eval_every=100", "--set", "train.checkpoint_every=100",
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert res["status"] == "failed" and f"{data} row {bad} (column 'image') is not a readable image" in res["error"]
+    assert "data.on_bad_image=skip" in res["error"] and f"row {bad}" in r.stderr
+    # one epoch is 2,560 / 64 = 40 steps: it stopped within the first two, not at the end of restarts
+    assert res["steps"] <= 2 * 40 + 20
+
+
+def test_training_reads_parquet_from_object_storage(tmp_path, s3_server, monkeypatch):
+    s3_server.use(monkeypatch)
+    bucket = s3_server.create_bucket("train-data")
+    local = _labeled_parquet(tmp_path / "labeled.parquet", 4 * files.UNIT_ROWS)
+    pq.write_table(pq.read_table(local), f"{bucket}/digits/part-0.parquet", row_group_size=files.UNIT_ROWS)
+
+    r, res = _train(
+        tmp_path, f"{bucket}/digits", "--workers", "1", "--name", "s3",
+        "--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert res["status"] == "finished" and res["steps"] == 20 and res["metrics"]["data_skipped"] == 0
+
+    # a missing bucket or key: one line, exit 2, before Ray
+    for where, message in [
+        ("s3://no-such-bucket/x", "bucket 'no-such-bucket' does not exist"),
+        (f"{bucket}/nothing-here", f"{bucket}/nothing-here does not exist; check the path"),
+    ]:
+        r, _ = _train(tmp_path, where, "--name", "missing")
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
