@@ -193,7 +193,9 @@ def test_prefetcher_yields_the_same_batches_on_the_cpu():
 def test_prefetcher_turns_uint8_images_into_floats_and_keeps_labels():
     x = torch.tensor([0, 255, 128], dtype=torch.uint8).view(1, 1, 1, 3)
     ((got, labels),) = loop.Prefetcher(iter([(x, torch.tensor([7]))]), torch.device("cpu"))
-    assert got.dtype == torch.float32 and got.flatten().tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6)
+    assert got.dtype == torch.float32 and got.flatten().tolist() == pytest.approx(
+        [-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6
+    )
     assert labels.tolist() == [7]
 
 
