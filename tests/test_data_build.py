@@ -89,6 +89,22 @@ def test_a_zip_reads_as_the_folder_it_holds(folder, tmp_path, root):
     assert table(tmp_path / "from-zip.parquet").equals(table(tmp_path / "from-folder.parquet"))
 
 
+def test_a_damaged_zip_member_is_a_bad_image(folder, tmp_path):
+    src, expected = folder
+    archive = tmp_path / "cats.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for path in sorted((src / "cat").glob("*.png")):
+            z.write(path, path.name)
+        info = z.getinfo("1.png")
+    raw = bytearray(archive.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + 40] ^= 0xFF  # one byte of 1.png's data: a CRC error
+    archive.write_bytes(bytes(raw))
+    result = build(str(archive), str(tmp_path / "out.parquet"), Options(), False)
+    assert (result.images, result.skipped_files, result.classes) == (2, [f"{archive}:1.png"], None)
+    blobs = table(tmp_path / "out.parquet").column("image").to_pylist()
+    np.testing.assert_array_equal(pixels(blobs[1]), expected[2])
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     raw = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes()
     path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
@@ -184,7 +200,7 @@ def test_shards_split_by_image_bytes_with_small_row_groups(many, tmp_path):
     assert max(sizes) <= 0.05 * 2**20 and sum(sizes) == result.bytes
     names = [f"{i:04d}.png" for i in range(300)]
     got = [b for p in parts for b in pq.read_table(p).column("image").to_pylist()]
-    want = [data_build.png((many / n).read_bytes(), Options()) for n in names]
+    want = [data_build.png((many / n).read_bytes, Options()) for n in names]
     assert got == want  # every image once, in source order across the shards
     for p in parts:
         md = pq.ParquetFile(p).metadata

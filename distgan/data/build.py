@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import operator
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -41,12 +43,13 @@ SKIPPED_NAMED = 5  # bad images named in the result (all are counted)
 
 @dataclass
 class Source:
-    """The images of one SRC: `items` yields (name, encoded bytes or a uint8 array, class id or None)."""
+    """The images of one SRC: `items` yields (name, load, class id or None), where load() reads the
+    encoded bytes or the uint8 array (called where a failure makes a bad image, not a failed build)."""
 
     kind: str
     count: int
     classes: list[str] | None
-    items: Iterator[tuple[str, bytes | np.ndarray, int | None]]
+    items: Iterator[tuple[str, Callable[[], bytes | np.ndarray], int | None]]
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def read_folder(src: Path) -> Source:
     paths = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
     paths = [PurePosixPath(p) for p in paths if _is_image(p)]
     classes, ids = _layout(paths, str(src))
-    items = ((str(src / p), (src / p).read_bytes(), i) for p, i in zip(paths, ids))
+    items = ((str(src / p), (src / p).read_bytes, i) for p, i in zip(paths, ids))
     return Source("folder", len(paths), classes, items)
 
 
@@ -113,7 +116,7 @@ def read_zip(src: Path) -> Source:
     if paths and all(len(p.parts) > 1 for p in paths) and len({p.parts[0] for p in paths}) == 1:
         paths = [PurePosixPath(*p.parts[1:]) for p in paths]
     classes, ids = _layout(paths, str(src))
-    items = ((f"{src}:{n}", archive.read(n), i) for n, i in zip(names, ids))
+    items = ((f"{src}:{n}", partial(archive.read, n), i) for n, i in zip(names, ids))
     return Source("zip", len(names), classes, items)
 
 
@@ -149,16 +152,16 @@ def _array_source(kind: str, images: np.ndarray, labels: np.ndarray | None, wher
             raise InputError(f"{where}: {len(labels)} labels for {len(images)} images")
         classes, ids = _value_classes(labels, where)
         ids = ids.tolist()
-    items = ((f"{where}[{i}]", images[i], ids[i]) for i in range(len(images)))
+    items = ((f"{where}[{i}]", partial(operator.getitem, images, i), ids[i]) for i in range(len(images)))
     return Source(kind, len(images), classes, items)
 
 
 def read_idx(src: Path) -> Source:
-    images = _read_idx(src)
-    pair = src.with_name(re.sub(r"images([.-])idx3", r"labels\1idx1", src.name))
-    found = [p for p in (pair, pair.with_name(pair.name.removesuffix(".gz")), Path(f"{pair}.gz")) if p.is_file()]
-    labels = _read_idx(found[0]) if found and pair != src else None
-    return _array_source("idx", images, labels, str(src))
+    """MNIST's images file, with its labels file when there is one beside it (gzipped or not)."""
+    stem = re.sub(r"images([.-])idx3", r"labels\1idx1", src.name.removesuffix(".gz"))
+    pair = [src.with_name(n) for n in (stem, f"{stem}.gz") if n != src.name.removesuffix(".gz")]
+    found = [p for p in pair if p.is_file()]
+    return _array_source("idx", _read_idx(src), _read_idx(found[0]) if found else None, str(src))
 
 
 def read_npz(src: Path) -> Source:
@@ -211,10 +214,11 @@ class BadImage(Exception):
     pass
 
 
-def _decoded(payload: bytes | np.ndarray) -> Image.Image:
-    if isinstance(payload, np.ndarray):
-        return Image.fromarray(payload[..., 0] if payload.ndim == 3 and payload.shape[2] == 1 else payload)
+def _decoded(load: Callable[[], bytes | np.ndarray]) -> Image.Image:
     try:
+        payload = load()
+        if isinstance(payload, np.ndarray):
+            return Image.fromarray(payload[..., 0] if payload.ndim == 3 and payload.shape[2] == 1 else payload)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # over MAX_IMAGE_PIXELS: a bad image
             im = Image.open(io.BytesIO(payload))
@@ -226,9 +230,10 @@ def _decoded(payload: bytes | np.ndarray) -> Image.Image:
         raise BadImage(f"{type(e).__name__}: {' '.join(str(e).split())[:120]}") from None
 
 
-def png(payload: bytes | np.ndarray, options: Options) -> bytes:
-    """The PNG bytes of one image, in the channels and at the resolution asked for."""
-    im = _decoded(payload)
+def png(load: Callable[[], bytes | np.ndarray], options: Options) -> bytes:
+    """The PNG bytes of one image, in the channels and at the resolution asked for; BadImage when
+    it cannot be read or decoded."""
+    im = _decoded(load)
     if im.mode == "P":  # a palette's transparency is read through RGBA
         im = im.convert("RGBA")
     channels = options.channels or (1 if im.mode in GRAYSCALE_MODES else 3)
@@ -290,7 +295,10 @@ class _Shards:
     def _next_shard(self) -> None:
         self.close()
         self.files.append(self.folder / f"part-{len(self.files):05d}.parquet")
-        self.writer = pq.ParquetWriter(self.files[-1], self.schema)
+        # PNG is compressed already; statistics only for the labels (the trainer reads their range)
+        self.writer = pq.ParquetWriter(
+            self.files[-1], self.schema, compression={"image": "none", "label": "snappy"}, write_statistics=["label"]
+        )
         self.shard_size = 0
 
     def close(self) -> None:
@@ -330,12 +338,12 @@ def write(source: Source, out: Path, options: Options, on_item: Callable[[], Non
     done = Written()
     try:
         shards = _Shards(tmp, _schema(source.classes), int(options.shard_mb * 2**20))
-        for name, payload, label in source.items:
+        for name, load, label in source.items:
             if options.limit is not None and done.images >= options.limit:
                 break
             on_item()  # written or skipped
             try:
-                image = png(payload, options)
+                image = png(load, options)
             except BadImage as e:
                 if options.strict:
                     raise InputError(f"{name} is not a readable image ({e}); remove it, or drop --strict") from None
