@@ -279,8 +279,21 @@ def test_an_existing_out_is_refused_and_survives_a_failed_overwrite(many, tmp_pa
         (lambda d: np.savez(d / "x.npz", x=np.zeros((2, 4, 4), np.uint8), y=[1]), "1 labels for 2 images"),
         (lambda d: (d / "x.zip").write_bytes(b"PK nope"), "not a readable zip"),
         (lambda d: (d / "train-images-idx3-ubyte").write_bytes(b"\0\0\x0d\x03"), "not an idx file of unsigned"),
+        (lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b broken"), "cannot read it"),
+        (lambda d: np.savez(d / "x.npz", x=np.array([None, 1])), "not a readable .npz file"),
+        (lambda d: np.savez(d / "x.npz", pixels=np.zeros((2, 4, 4), np.uint8)), "no images array"),
     ],
-    ids=["unknown-kind", "empty-folder", "float-npz", "label-count", "bad-zip", "float-idx"],
+    ids=[
+        "unknown-kind",
+        "empty-folder",
+        "float-npz",
+        "label-count",
+        "bad-zip",
+        "float-idx",
+        "bad-gz",
+        "object-npz",
+        "no-images-key",
+    ],
 )
 def test_bad_sources_are_input_errors(tmp_path, capsys, make, message):
     src_dir = tmp_path / "src"

@@ -122,7 +122,10 @@ def read_zip(src: Path) -> Source:
 
 def _read_idx(path: Path) -> np.ndarray:
     """An idx array (the MNIST format: a big-endian header, then unsigned bytes)."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise InputError(f"{path}: not an idx file of unsigned bytes (MNIST format: magic 0x0000080N)")
     ndim = raw[3]
@@ -167,13 +170,14 @@ def read_idx(src: Path) -> Source:
 def read_npz(src: Path) -> Source:
     try:
         arrays = np.load(src, allow_pickle=False)
-    except Exception as e:
+        key = next((k for k in ("x", "images", "arr_0") if k in arrays.files), None)
+        label_key = next((k for k in ("y", "labels") if k in arrays.files), None)
+        images, labels = (arrays[key] if key else None), (arrays[label_key] if label_key else None)
+    except Exception as e:  # not a zip of .npy files, or arrays of Python objects (never unpickled)
         raise InputError(f"{src}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    key = next((k for k in ("x", "images", "arr_0") if k in arrays.files), None)
-    if key is None:
+    if images is None:
         raise InputError(f"{src}: no images array (keys x, images or arr_0); it holds {', '.join(arrays.files)}")
-    label_key = next((k for k in ("y", "labels") if k in arrays.files), None)
-    return _array_source("npz", arrays[key], arrays[label_key] if label_key else None, str(src))
+    return _array_source("npz", images, labels, str(src))
 
 
 # (test on SRC, reader): the first that matches reads it
