@@ -157,6 +157,27 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_build(args: argparse.Namespace) -> int:
+    from distgan.commands import data_build
+    from distgan.data.build import Options
+
+    options = Options(args.resolution, args.channels, args.limit, args.shard_mb, args.strict, args.overwrite)
+    result = data_build.build(args.src, args.out, options, progress=args.verbose - args.quiet >= 0)
+    _write_json(args.json_out, result.to_json())
+    if result.skipped:
+        print(
+            f"warning: skipped {result.skipped} unreadable image(s): {', '.join(result.skipped_files)}"
+            f"{', ...' if result.skipped > len(result.skipped_files) else ''} (--strict makes them an error)",
+            file=sys.stderr,
+        )
+    classes = f"{len(result.classes)} classes" if result.classes else "no labels"
+    print(
+        f"wrote {result.images:,} images ({result.skipped} skipped), {classes}, {result.shards} shard(s), "
+        f"{result.bytes:,} bytes: {result.out}"
+    )
+    return 0
+
+
 def _datasets(args: argparse.Namespace) -> int:
     from distgan import data
 
@@ -251,6 +272,18 @@ def _tracking_server(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     return 0  # not reached: the server replaces this process
+
+
+def _positive(cast):
+    """An argparse type: a number above 0."""
+
+    def parse(text: str):
+        value = cast(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not above 0")
+        return value
+
+    return parse
 
 
 def _tracking_options(p: argparse.ArgumentParser, uri_help: str, register_help: str, off_help: str) -> None:
@@ -354,6 +387,25 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--tracking-uri", help="MLflow tracking/registry URI, for model URIs (default as for train)")
     e.add_argument("--json-out", metavar="FILE")
     e.set_defaults(fn=_eval)
+
+    db = sub.add_parser("data", help="prepare data: build SRC OUT").add_subparsers(dest="action", required=True)
+    b = db.add_parser(
+        "build", help="an image folder, a .zip of images, MNIST idx files or a .npz into Parquet for training"
+    )
+    b.add_argument("src", help="image folder (class = subfolder), .zip, *-images-idx3-ubyte[.gz] or .npz")
+    b.add_argument("out", help="OUT.parquet (one file when it fits one shard) or a directory of part-NNNNN.parquet")
+    b.add_argument(
+        "--resolution", type=_positive(int), metavar="N", help="square N x N: shorter side to N, center crop"
+    )
+    b.add_argument("--channels", type=int, choices=[1, 3], help="1 (grayscale) or 3 (RGB); default: keep")
+    b.add_argument("--limit", type=_positive(int), metavar="N", help="only the first N images")
+    b.add_argument(
+        "--shard-mb", type=_positive(float), default=256, metavar="MB", help="image bytes per shard (default 256)"
+    )
+    b.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: skip it)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    b.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
+    b.set_defaults(fn=_data_build)
 
     d = sub.add_parser("datasets", help="list the data sources")
     d.set_defaults(fn=_datasets)
