@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import blob_images, png_bytes, run_cli, write_image_parquet
+from conftest import REPO, blob_images, png_bytes, run_cli, write_image_parquet
 from PIL import Image
 
 from distgan import data
@@ -295,3 +295,79 @@ def test_class_sorted_parquet_gives_mixed_batches_every_epoch_in_a_new_order(tmp
     second = [i for x, _ in batches[per_epoch:] for i in _row_ids(x)]
     assert len(set(first)) == len(first) == per_epoch * batch  # no row twice in an epoch
     assert first != second
+
+
+@pytest.mark.parametrize("resolution", [28, 32])
+def test_the_digits_train_with_dcgan_at_28_and_32_px(tmp_path, resolution):
+    """data.resolution resizes the 8 px digits; dcgan starts from a 7x7 map for 28 (7*4) and 4x4 for 32."""
+    from distgan.core import loop
+    from distgan.spec.job import load_spec
+
+    spec = load_spec(
+        REPO / "jobs" / "digits.yaml",
+        [
+            f"data.resolution={resolution}",
+            "model.base_channels=8",
+            "model.extra_layers=0",
+            "train.steps=4",
+            "train.batch_size=32",
+            "train.eval_every=4",
+            "train.eval_samples=100",
+            "metrics.final_samples=100",
+            "metrics.reference_samples=200",
+        ],
+    )
+    info = data.inspect(spec.data)
+    assert info.sample_shape == (1, resolution, resolution)
+    x, labels = next(data.batches(spec.data, info, 8, rank=0, world=1, seed=0))
+    assert x.shape == (8, 1, resolution, resolution) and -1 <= x.min() and x.max() <= 1 and labels.shape == (8,)
+    result = loop.run(spec, info, loop.LocalSession(tmp_path / "run"))
+    assert result["status"] == "finished" and result["steps"] == 4
+    assert result["metrics"]["fd_digits"] > 0 and 0 < result["metrics"]["classes_covered"] <= 1
+
+
+def _cli_exit_2(tmp_path, *sets: str, env=None) -> str:
+    args = [a for s in sets for a in ("--set", s)]
+    r = run_cli("train", *args, "--no-tracking", cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line
+    assert not (tmp_path / "distgan_runs").exists()  # before anything is written
+    return r.stderr
+
+
+def test_bad_user_data_is_one_line_and_exit_2_before_ray(tmp_path):
+    blobs = [png_bytes(im) for im in blob_images(64, 8)]
+    negative = tmp_path / "negative.parquet"
+    pq.write_table(pa.table({"image": blobs, "label": [-1] + [1] * 63}), negative)
+    floats = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"image": blobs, "label": [0.5] * 64}), floats)
+    image = ["data.name=parquet", "data.column=image", "data.label_column=label", "model.arch=dcgan"]
+    err = _cli_exit_2(tmp_path, f"data.path={negative}", *image)
+    assert f"{negative}: label column 'label' holds -1; labels must be class ids 0..K-1" in err
+    err = _cli_exit_2(tmp_path, f"data.path={floats}", *image)
+    assert f"{floats}: label column 'label' is double; labels must be integer class ids" in err
+    err = _cli_exit_2(tmp_path, f"data.path={negative}", "data.resolution=4", *image)
+    assert "data.resolution: Input should be greater than or equal to 8 (got 4)" in err
+    env = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE")}
+    env |= {"AWS_EC2_METADATA_DISABLED": "true", "HOME": str(tmp_path)}
+    err = _cli_exit_2(tmp_path, "data.path=s3://some-bucket/images", *image, env=env)
+    assert "s3://some-bucket/images: no S3 credentials found; set AWS_ACCESS_KEY_ID" in err
+
+
+def test_images_of_any_size_are_resized_and_cropped_to_data_resolution(tmp_path):
+    """Mixed sizes and shapes with data.resolution: center crop keeps the middle, none squashes."""
+    wide = np.zeros((20, 40), np.uint8)
+    wide[:, 10:30] = 255  # the middle square is white, the sides black
+    tall = np.full((30, 10), 255, np.uint8)
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({"image": [png_bytes(wide), png_bytes(tall)]}), path)
+    spec = DataSpec(name="parquet", path=str(path), column="image", resolution=16)
+    info = data.inspect(spec)
+    assert info.sample_shape == (1, 16, 16)
+    centre, _ = data.real_images(spec, info, 2)
+    assert centre.shape == (2, 1, 16, 16) and centre.min() > 0.9  # the white middle of both
+    squash, _ = data.real_images(spec.model_copy(update={"crop": "none"}), info, 2)
+    assert squash[0, 0, :, 0].max() < -0.9 and squash[0, 0, :, 8].min() > 0.9  # black sides kept
+    as_rgb = spec.model_copy(update={"channels": 3})
+    rgb, _ = data.real_images(as_rgb, data.inspect(as_rgb), 2)
+    assert rgb.shape == (2, 3, 16, 16) and np.array_equal(rgb[:, 0], rgb[:, 2])  # grey in all three
