@@ -100,3 +100,42 @@ def test_training_reads_parquet_from_object_storage(tmp_path, s3_server, monkeyp
     ]:
         r, _ = _train(tmp_path, where, "--name", "missing")
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_dataset_four_times_the_object_store_trains_to_the_end_on_two_workers(tmp_path):
+    """640 MB of encoded 128 px images, a 150 MB object store, two workers on three CPUs: the stream
+    decodes and resizes (to 16 px) in map tasks and never holds the data; more than one epoch."""
+    import os
+
+    import numpy as np
+    import ray
+
+    from distgan.commands import train
+    from distgan.spec.job import load_spec
+    from distgan.tracking.run import TrackingOptions
+
+    rng = np.random.default_rng(0)
+    distinct = [png_bytes(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(64)]  # ~49 KB each
+    rows = 640 * 2**20 // len(distinct[0]) + 1
+    path = tmp_path / "big.parquet"
+    table = pa.table({"image": [distinct[i % len(distinct)] for i in range(rows)]})
+    # no compression or dictionary: every row's bytes are on disk and read back, as with real photos
+    pq.write_table(table, path, row_group_size=files.UNIT_ROWS, compression="NONE", use_dictionary=False)
+    del table
+    store = 150 * 2**20
+    assert path.stat().st_size >= 4 * store
+    spec = load_spec(
+        REPO / "jobs" / "parquet-images.yaml",
+        [f"data.path={path}", "data.resolution=16", "model.base_channels=8", "model.latent_dim=16",
+         "model.spectral_norm=false", "train.batch_size=64", f"train.steps={rows // 64 + 20}",
+         "train.eval_every=1000000", "train.checkpoint_every=1000000", "train.eval_samples=64",
+         "metrics.final_samples=64", "metrics.feature_net=none", "scaling.workers=2", "train.max_failures=0",
+         f"train.storage_path={tmp_path / 'runs'}", "train.name=big"],
+    )  # fmt: skip
+    ray.init(num_cpus=3, object_store_memory=store, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    try:
+        result = train.train(spec, tracking=TrackingOptions(enabled=False), echo=print)
+    finally:
+        ray.shutdown()
+    assert result.status == "finished", result.error
+    assert result.steps == rows // 64 + 20 and result.ranks_in_sync  # every row once, then some

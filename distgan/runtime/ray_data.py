@@ -44,7 +44,9 @@ def datasets(spec: DataSpec, info: DataInfo, resume_salt: int = 0, materialize: 
     }
     # A bad row's InputError reaches the worker as itself (not as Ray Data's UserCodeException),
     # so the worker can tell bad data from a failure a restart would cure.
-    ray.data.DataContext.get_current().raise_original_map_exception = True
+    ctx = ray.data.DataContext.get_current()
+    ctx.raise_original_map_exception = True
+    ctx.enable_progress_bars = False  # distgan prints the run's progress; Ray Data's bars only interleave with it
     units = files.units(spec)
     blocks = ray.data.from_items(units, override_num_blocks=len(units))
     order = RandomSeedConfig(spec.seed * 1_000_003 + resume_salt, reseed_after_execution=True)
