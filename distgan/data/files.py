@@ -71,11 +71,23 @@ def filesystem(location: str):
     return storage.resolve(location)[0]
 
 
-def _parquet_metadata(fs, path: str):
-    try:
-        return pq.ParquetFile(fs.open_input_file(path)).metadata
-    except Exception as e:
-        raise InputError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
+_METADATA: dict[tuple, pq.FileMetaData] = {}  # (path, size, mtime) -> footer, parsed once per process
+
+
+def _parquet_metadata(fs, path: str) -> pq.FileMetaData:
+    """The file's footer, parsed once per process and version of the file: a footer lists every row
+    group, and each unit read would otherwise parse all of it again."""
+    stat = fs.get_file_info(path)
+    key = (path, stat.size, stat.mtime_ns)
+    if key not in _METADATA:
+        try:
+            with fs.open_input_file(path) as f:
+                _METADATA[key] = pq.ParquetFile(f).metadata
+        except Exception as e:
+            raise InputError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
+        if len(_METADATA) > 256:
+            _METADATA.pop(next(iter(_METADATA)))
+    return _METADATA[key]
 
 
 def units(spec: DataSpec) -> list[dict]:
@@ -168,7 +180,9 @@ def _read_rows(spec: DataSpec, unit: dict) -> tuple[list, list | None, list[str]
         return values, None, list(unit["paths"])
     columns = [spec.column] + ([spec.label_column] if spec.label_column else [])
     with fs.open_input_file(unit["path"]) as f:
-        table = pq.ParquetFile(f).read_row_group(unit["row_group"], columns=columns)
+        table = pq.ParquetFile(f, metadata=_parquet_metadata(fs, unit["path"])).read_row_group(
+            unit["row_group"], columns=columns
+        )
     table = table.slice(unit["start"], UNIT_ROWS)
     labels = table.column(spec.label_column).to_pylist() if spec.label_column else None
     where = [f"{unit['path']} row {unit['first_row'] + i}" for i in range(table.num_rows)]
@@ -273,7 +287,7 @@ def _label_range(fs, path: str, md, schema: pa.Schema, label: str) -> int:
         stats = md.row_group(g).column(leaf).statistics
         if stats is None or not stats.has_min_max:
             with fs.open_input_file(path) as f:
-                values = pq.ParquetFile(f).read_row_group(g, columns=[label]).column(label)
+                values = pq.ParquetFile(f, metadata=md).read_row_group(g, columns=[label]).column(label)
             lo_g, hi_g = pc.min(values).as_py(), pc.max(values).as_py()
             nulls += values.null_count
         else:

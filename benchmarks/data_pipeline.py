@@ -1,0 +1,224 @@
+"""The user-data path, measured as ratios in one run (this machine is noisy):
+
+1. ingest: images/s that distgan's Ray Data pipeline delivers to a training loop (read, decode,
+   resize in map tasks; the worker's shuffle buffer; uint8 -> float) vs a bare
+   `torch.utils.data.DataLoader` with the same number of worker processes running the same decode
+   over the same Parquet files, at 32 and 64 px; the second (warm) epoch of each. Target >= 1.0.
+2. checks: wall time and peak memory (max RSS of a fresh process) of the driver's checks
+   (`data.inspect`, the unit list, the fingerprint) on 100k rows vs 10k rows (medians of five
+   alternating runs). Target <= 1.2.
+3. step: the training step fed by streaming Parquet (the digits written as PNGs) vs the in-memory
+   built-in digits at the same resolution, same dcgan. Target <= 1.10.
+
+    python benchmarks/data_pipeline.py [--procs 1] [--images 3072] [--steps 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from distgan import data, models
+from distgan.core import engine
+from distgan.data import builtin, files
+from distgan.spec.job import DataSpec, load_spec
+
+REPO = Path(__file__).parents[1]
+
+
+def png(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def photo_like(n: int, size: int, seed: int = 0) -> list[bytes]:
+    """Smooth colour fields plus a little noise: PNGs of about photo-like size and decode cost."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        a = rng.uniform(0, 6, (3, 3))
+        rgb = np.stack([np.sin(a[c, 0] * xx + a[c, 1] * yy + a[c, 2]) for c in range(3)], -1)
+        img = (127 + 100 * rgb + rng.normal(0, 8, rgb.shape)).clip(0, 255).astype(np.uint8)
+        out.append(png(img))
+    return out
+
+
+# ------------------------------------------------------------------ 1. ingest
+
+
+class UnitDataset(torch.utils.data.IterableDataset):
+    """The bare baseline: the same units and the same decode, in DataLoader worker processes."""
+
+    def __init__(self, spec: DataSpec, layout: files.Layout):
+        self.spec, self.layout, self.units = spec, layout, files.units(spec)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mine = self.units[info.id :: info.num_workers] if info else self.units
+        dec = files.decoder(self.spec, self.layout)
+        for unit in mine:
+            part = files.read_unit(self.spec, dec, None, unit)
+            yield from part["x"]
+
+
+def ingest(path: Path, resolution: int, procs: int, batch: int) -> tuple[float, float]:
+    import ray
+
+    from distgan.runtime import ray_data
+
+    spec = DataSpec(name="parquet", path=str(path), column="image", resolution=resolution)
+    info = data.inspect(spec)
+    n = info.num_rows // batch * batch
+
+    loader = torch.utils.data.DataLoader(
+        UnitDataset(spec, files.Layout(info.kind, info.sample_shape, info.num_rows, None)),
+        batch_size=batch,
+        num_workers=procs,
+        drop_last=True,
+    )
+    for epoch in range(2):  # the second, warm epoch is timed on both sides
+        t0, seen = time.perf_counter(), 0
+        for x in loader:
+            seen += len(data.to_unit_range(x))
+    bare = seen / (time.perf_counter() - t0)
+
+    ray.init(num_cpus=procs, include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray_data.datasets(spec, info)["train"]
+        stream = iter(data.ShardStream(ds.streaming_split(1)[0], batch, seed=0, info=info))
+        for epoch in range(2):
+            t0, seen = time.perf_counter(), 0
+            while seen < n:
+                x, _ = next(stream)
+                seen += len(data.to_unit_range(x))
+        ours = seen / (time.perf_counter() - t0)
+        stream.close()  # its prefetch thread stops before Ray does (it would start a new Ray)
+    finally:
+        ray.shutdown()
+    return ours, bare
+
+
+# ------------------------------------------------------------------ 2. checks
+
+CHECK = """
+import resource, sys, time
+t0 = time.perf_counter()
+from distgan import data
+from distgan.data import files
+from distgan.spec.job import DataSpec
+spec = DataSpec(name="parquet", path=sys.argv[1], column="image", label_column="label")
+t1 = time.perf_counter()
+info = data.inspect(spec)
+units = files.units(spec)
+files.fingerprint(spec)
+t2 = time.perf_counter()
+print(t2 - t1, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, info.num_rows, len(units))
+"""
+
+
+def checks(path: Path) -> tuple[float, int]:
+    out = subprocess.run([sys.executable, "-c", CHECK, str(path)], capture_output=True, text=True, check=True)
+    wall, rss_kb, rows, units = out.stdout.split()
+    return float(wall), int(rss_kb)
+
+
+def labeled_digits_parquet(path: Path, rows: int) -> None:
+    digits = ((builtin.digits_array()[:, 0] + 1) * 127.5).round().astype(np.uint8)
+    blobs = [png(d) for d in digits]
+    labels = builtin.digits_labels()
+    pick = np.arange(rows) % len(blobs)
+    table = pa.table({"image": [blobs[i] for i in pick], "label": labels[pick]})
+    pq.write_table(table, path, row_group_size=files.UNIT_ROWS)
+
+
+# ------------------------------------------------------------------ 3. step
+
+
+def step_time(spec, stream, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    info = data.inspect(load_spec(REPO / "jobs" / "digits.yaml").data)
+    G, D = models.build(spec.model, info.sample_shape)
+    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, torch.device("cpu"))
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        x, _ = next(stream)
+        eng.step([data.to_unit_range(x)])
+    return (time.perf_counter() - t0) / steps
+
+
+def streaming_vs_memory(tmp: Path, steps: int, warmup: int) -> tuple[float, float]:
+    import ray
+
+    from distgan.runtime import ray_data
+
+    spec = load_spec(REPO / "jobs" / "digits.yaml", ["train.batch_size=128"])
+    memory = data.batches(spec.data, data.inspect(spec.data), spec.train.batch_size, 0, 1, 0)
+    path = tmp / "digits.parquet"
+    labeled_digits_parquet(path, 1797)
+    user = DataSpec(name="parquet", path=str(path), column="image", label_column="label")
+    info = data.inspect(user)
+    assert tuple(info.sample_shape) == (1, 8, 8)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray_data.datasets(user, info)["train"]
+        streaming = iter(data.ShardStream(ds.streaming_split(1)[0], spec.train.batch_size, seed=0, info=info))
+        torch.set_num_threads(1)
+        a = step_time(spec, memory, steps, warmup)
+        b = step_time(spec, streaming, steps, warmup)
+        c = step_time(spec, memory, steps, warmup)  # before and after: drift cancels
+        streaming.close()
+    finally:
+        ray.shutdown()
+    return b, (a + c) / 2
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--procs", type=int, default=1, help="DataLoader workers = Ray Data CPUs")
+    p.add_argument("--images", type=int, default=3072)
+    p.add_argument("--steps", type=int, default=150)
+    args = p.parse_args()
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        rows = []
+        photos = tmp / "photos.parquet"
+        pq.write_table(pa.table({"image": photo_like(args.images, 96)}), photos, row_group_size=files.UNIT_ROWS)
+        for res in (32, 64):
+            ours, bare = ingest(photos, res, args.procs, 64)
+            rows.append((f"ingest {res}px, {args.procs} proc: distgan / DataLoader img/s", ours, bare, ours / bare))
+        small, large = tmp / "10k.parquet", tmp / "100k.parquet"
+        labeled_digits_parquet(small, 10_000)
+        labeled_digits_parquet(large, 100_000)
+        runs = [(checks(small), checks(large)) for _ in range(5)]  # alternating; medians of five
+        ts, ms = np.median([r[0] for r in runs], axis=0)
+        tl, ml = np.median([r[1] for r in runs], axis=0)
+        rows.append(("driver checks time s: 100k / 10k rows", tl, ts, tl / ts))
+        rows.append(("driver checks max RSS KiB: 100k / 10k rows", ml, ms, ml / ms))
+        stream_s, memory_s = streaming_vs_memory(tmp, args.steps, 30)
+        rows.append(("digits dcgan step s: streaming Parquet / in-memory", stream_s, memory_s, stream_s / memory_s))
+    width = max(len(r[0]) for r in rows)
+    for name, a, b, ratio in rows:
+        print(f"{name:{width}}  {a:12.4g}  {b:12.4g}  ratio {ratio:.3f}")
+    print(json.dumps({r[0]: round(r[3], 3) for r in rows}))
+
+
+if __name__ == "__main__":
+    main()
