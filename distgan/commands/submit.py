@@ -28,6 +28,7 @@ from distgan.runtime.jobs import (
     connect,
     dashboard_address,
     read_runtime_env,
+    runtime_env_source,
 )
 from distgan.spec import job as job_spec
 from distgan.spec import search as search_spec
@@ -173,14 +174,7 @@ def submit(sub: Submission, address: str | None) -> tuple[Cluster, dict]:
     address = dashboard_address(address)
     user_env = read_runtime_env(sub.runtime_env_file, sub.runtime_env_json)
     env = job_env(sub, address, uses_token=auth_token()[0] is not None)  # tracking checks before any connection
-    source = (
-        f"--runtime-env {sub.runtime_env_file}"
-        if sub.runtime_env_file
-        else "--runtime-env-json"
-        if sub.runtime_env_json
-        else "the runtime env"
-    )
-    renv = runtime_env(env, sub.ship_code, user_env, source)
+    renv = runtime_env(env, sub.ship_code, user_env, runtime_env_source(sub.runtime_env_file, sub.runtime_env_json))
     cluster = connect(address)
     job_id = f"distgan-{command}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     ep = entrypoint(sub, command, {f.name: f.read_bytes() for f in files}, job_id)

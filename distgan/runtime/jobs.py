@@ -147,7 +147,7 @@ def read_runtime_env(file: str | None, json_text: str | None) -> dict:
     reads it; InputError where it is unreadable, not a mapping, or not one Ray accepts."""
     if file is None and json_text is None:
         return {}
-    source = f"--runtime-env {file}" if file is not None else "--runtime-env-json"
+    source = runtime_env_source(file, json_text)
     try:
         text = Path(file).read_text() if file is not None else json_text
     except OSError as e:
@@ -164,9 +164,16 @@ def read_runtime_env(file: str | None, json_text: str | None) -> dict:
     return tree
 
 
+def runtime_env_source(file: str | None, json_text: str | None) -> str:
+    """How error messages name the user's runtime env."""
+    if file is not None:
+        return f"--runtime-env {file}"
+    return "--runtime-env-json" if json_text is not None else "the runtime env"
+
+
 def check_runtime_env(renv: dict, source: str) -> None:
-    """Ray's own checks of a runtime env, here before anything is sent (Ray takes an unknown
-    top-level key for a plugin's and fails the job on the cluster later: refused here)."""
+    """Ray's own checks of a runtime env, here before anything is sent. Ray's `RuntimeEnv` takes an
+    unknown top-level key for a plugin's field, so a typo such as `pipp` is refused here."""
     from ray.runtime_env import RuntimeEnv
 
     if unknown := sorted(set(renv) - RuntimeEnv.known_fields):
