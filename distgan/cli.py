@@ -204,6 +204,8 @@ def _submit(args: argparse.Namespace) -> int:
         args.python or submit.DEFAULT_PYTHON,
         args.ship_code,
         args.workdir,
+        args.runtime_env,
+        args.runtime_env_json,
     )
     cluster, doc = submit.submit(sub, args.address)
     job_id = doc["job_id"]
@@ -440,6 +442,13 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument(
         "--workdir", metavar="DIR", help="directory on the cluster the job runs in (default: ~/distgan_jobs/JOB_ID)"
     )
+    renv = sb.add_mutually_exclusive_group()
+    renv.add_argument(
+        "--runtime-env",
+        metavar="FILE",
+        help="your Ray runtime env (YAML or JSON, as `ray job submit --runtime-env`), merged with distgan's",
+    )
+    renv.add_argument("--runtime-env-json", metavar="JSON", help="the same, given inline as JSON")
     sb.add_argument("--json-out", metavar="FILE", help="write the job id and, with --follow, the run's result as JSON")
     sb.set_defaults(fn=_submit)
 

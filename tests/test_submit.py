@@ -62,7 +62,7 @@ class LocalRayCluster:
             f.write(uuid.uuid4().hex + uuid.uuid4().hex)
         self._saved_token_path = None
 
-    def _ray_start(self, *args: str) -> None:
+    def _ray_start(self, *args: str, temp_dir: str) -> None:
         env = {
             **os.environ,
             "RAY_AUTH_MODE": "token",
@@ -75,7 +75,7 @@ class LocalRayCluster:
                 "start",
                 *args,
                 "--temp-dir",
-                self.temp_dir,
+                temp_dir,
                 "--node-ip-address",
                 "127.0.0.1",
                 "--disable-usage-stats",
@@ -111,6 +111,7 @@ class LocalRayCluster:
             "47100",
             "--max-worker-port",
             "47399",
+            temp_dir=self.temp_dir,
         )
         self._ray_start(
             "--address",
@@ -123,6 +124,9 @@ class LocalRayCluster:
             "47400",
             "--max-worker-port",
             "47699",
+            # a node's own temp dir, as on separate machines: two nodes sharing one would share its
+            # runtime_resources, where each node's pip plugin builds (and deletes) the same virtualenv
+            temp_dir=os.path.join(self.temp_dir, "node2"),
         )
         return self
 
@@ -251,6 +255,54 @@ def test_local_sqlite_store_refused_for_a_remote_cluster(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2 and "is a SQLite file on this machine" in r.stderr
+
+
+RUNTIME_ENV_ERRORS = {
+    # file content (None: no such file), extra CLI args, the one line expected
+    "missing file": (None, [], "cannot read it (No such file or directory)"),
+    "bad YAML": ("pip: [a\n", [], "is not valid YAML or JSON at line 2, column 1"),
+    "not a mapping": ("- pip\n", [], "must be a mapping of runtime env fields"),
+    "unknown key": ("pipp: [a]\n", [], "unknown runtime env field(s) pipp; Ray knows conda, config, container"),
+    "pip and conda": (
+        "pip: [a]\nconda: {dependencies: [b]}\n",
+        [],
+        "The 'pip' field, 'uv' field, and 'conda' field of runtime_env cannot be specified at the same time",
+    ),
+    "env var not a string": ("env_vars: {A: 1}\n", [], "runtime_env['env_vars'] must be of type Dict[str, str]"),
+    "tracking URI clash": (
+        "env_vars: {MLFLOW_TRACKING_URI: 'http://10.0.0.8:5000'}\n",
+        ["--tracking-uri", "http://10.0.0.7:5000"],
+        "sets env var MLFLOW_TRACKING_URI=http://10.0.0.8:5000, but this job needs "
+        "MLFLOW_TRACKING_URI=http://10.0.0.7:5000 (pass --tracking-uri instead)",
+    ),
+    "setup hook": (
+        "worker_process_setup_hook: mypkg.setup\n",
+        [],
+        "drop worker_process_setup_hook: distgan's job sets its own",
+    ),
+    "image_uri with --ship-code": (
+        "image_uri: 'docker.io/me/gan:1'\n",
+        ["--ship-code", "--no-tracking"],
+        "with distgan's own settings: The 'image_uri' field currently cannot be used together with other fields",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RUNTIME_ENV_ERRORS))
+def test_bad_runtime_env_is_exit_2_before_connecting(case, tmp_path):
+    """Refused before any connection: the address is a closed port, so a check that ran after
+    connecting would answer "no Ray dashboard answers" instead (and nothing can have been sent)."""
+    text, args, expected = RUNTIME_ENV_ERRORS[case]
+    env_file = tmp_path / "env.yaml"
+    if text is not None:
+        env_file.write_text(text)
+    port = free_port()
+    r = run_cli(
+        "submit", GRID25, "--address", f"http://127.0.0.1:{port}", "--runtime-env", str(env_file), *args, cwd=tmp_path
+    )
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_tracking_server_serves_with_lean_settings(tmp_path):
@@ -491,6 +543,113 @@ def test_plain_ray_job_submit_with_env_vars_runs_a_distgan_job(cluster, mlflow_s
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name("plain-ray-job") is not None
+
+
+def _probe_wheel(tmp_path: Path, value: str) -> Path:
+    """A one-module package as a wheel, written here (no index, no build backend needed). Its .pth
+    file makes every Python process of the environment it is installed in import the module at
+    start-up, and the module writes a record of that process (its command line, the module's VALUE,
+    the env var RTENV_PROBE_TOKEN) to the directory in RTENV_PROBE_OUT."""
+    import base64
+    import hashlib
+    import zipfile
+
+    module = (
+        "import json, os\n"
+        f"VALUE = {value!r}\n"
+        "out = os.environ.get('RTENV_PROBE_OUT')\n"
+        "if out:\n"
+        "    with open(f'{out}/{os.getpid()}.json', 'w') as f:\n"
+        "        cmdline = open('/proc/self/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+        "        json.dump({'cmdline': cmdline, 'value': VALUE, 'token': os.environ.get('RTENV_PROBE_TOKEN')}, f)\n"
+    )
+    info = "distgan_rtenv_probe-1.0.dist-info"
+    files = {
+        "distgan_rtenv_probe.py": module,
+        "distgan_rtenv_probe.pth": "import distgan_rtenv_probe\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: distgan-rtenv-probe\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b'=').decode()},"
+        f"{len(text.encode())}"
+        for name, text in files.items()
+    ]
+    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
+    wheel = tmp_path / "distgan_rtenv_probe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return wheel
+
+
+@pytest.mark.cluster
+def test_runtime_env_file_is_merged_with_distgans(cluster, tmp_path):
+    """The user's runtime env (a pip package, env vars) merged with distgan's.
+
+    Why this proves the job ran in the merged env: Ray's pip plugin installs every `pip` entry
+    before the job starts and fails the job when one cannot be installed, so SUCCEEDED with the
+    probe's wheel listed means it was installed. The probe's .pth file runs in every Python process
+    started in that environment and records the process's command line, the probe's VALUE (random:
+    only this build has it) and the env var from the same file: a record from the `distgan train`
+    driver shows the job's own process importing the package with the user's env var set. The
+    Jobs API's record of the job shows the user's entries next to distgan's own env vars, and the
+    user's value where the user overrode one of distgan's MLflow settings."""
+    value, token = uuid.uuid4().hex, uuid.uuid4().hex
+    wheel = _probe_wheel(tmp_path, value)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text(
+        yaml.safe_dump(
+            {
+                "pip": [str(wheel)],
+                "env_vars": {
+                    "RTENV_PROBE_TOKEN": token,
+                    "RTENV_PROBE_OUT": str(seen),
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                },
+            }
+        )
+    )
+    out = tmp_path / "submit.json"
+    r = _submit(
+        cluster,
+        GRID25,
+        "--follow",
+        "--no-tracking",
+        "--runtime-env",
+        str(env_file),
+        "--set",
+        "train.steps=50",
+        "--set",
+        "train.eval_every=50",
+        "--set",
+        "train.checkpoint_every=50",
+        "--set",
+        "train.final_eval_seeds=1",
+        "--workdir",
+        str(tmp_path / "job"),
+        "--json-out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = read_json(out)
+    assert doc["job_status"] == "SUCCEEDED" and doc["status"] == "finished" and doc["steps"] == 50
+
+    records = [json.loads(f.read_text()) for f in seen.glob("*.json")]
+    drivers = [rec for rec in records if "-m distgan train grid25.yaml" in rec["cmdline"]]
+    assert len(drivers) == 1, records
+    assert drivers[0]["value"] == value and drivers[0]["token"] == token
+
+    from distgan.runtime import jobs
+
+    renv = jobs.connect(cluster.address).client.get_job_info(doc["job_id"]).runtime_env
+    assert renv["pip"]["packages"] == [str(wheel)], renv
+    env_vars = renv["env_vars"]
+    assert env_vars["RTENV_PROBE_TOKEN"] == token and env_vars["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    assert env_vars["MLFLOW_DISABLE_TELEMETRY"] == "true" and env_vars["RAY_AUTH_MODE"] == "token"  # distgan's
 
 
 def _job_python_seen_from(python: str, site_packages: str | None, tmp_path) -> str:

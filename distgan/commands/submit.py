@@ -1,17 +1,17 @@
 """`distgan submit`: a job or search spec as one Ray job on a cluster.
 
 The spec is validated here (nothing is sent when it is wrong), then handed to the cluster through
-Ray's `JobSubmissionClient`: the spec file travels as the job's `working_dir`, the overrides as
-`--set` arguments, and the cluster-side command is `distgan train|search ... --address auto`. The
-job's Python is the interpreter Ray itself runs in on the cluster (see `DEFAULT_PYTHON`), so the
-job never depends on which `python` the raylet's PATH happens to find.
+Ray's `JobSubmissionClient`: the spec file travels inside the entrypoint (so the runtime env stays
+free for the user's own `working_dir`, `image_uri`, ...), the overrides as `--set` arguments, and
+the cluster-side command is `distgan train|search ... --address auto`. The job's Python is the
+interpreter Ray itself runs in on the cluster (see `DEFAULT_PYTHON`), so the job never depends on
+which `python` the raylet's PATH happens to find.
 """
 
 from __future__ import annotations
 
+import base64
 import shlex
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +20,16 @@ from urllib.parse import urlparse
 
 from distgan.commands import preflight
 from distgan.errors import InputError
-from distgan.runtime.jobs import RESULT_MARK, Cluster, auth_token, connect, dashboard_address
+from distgan.runtime.jobs import (
+    RESULT_MARK,
+    Cluster,
+    auth_token,
+    check_runtime_env,
+    connect,
+    dashboard_address,
+    read_runtime_env,
+    runtime_env_source,
+)
 from distgan.spec import job as job_spec
 from distgan.spec import search as search_spec
 from distgan.tracking import client as tracking_client
@@ -56,6 +65,8 @@ class Submission:
     python: str = DEFAULT_PYTHON
     ship_code: bool = False
     workdir: str | None = None  # on the cluster; default $HOME/distgan_jobs/<job id>
+    runtime_env_file: str | None = None  # the user's runtime env, as `ray job submit --runtime-env` takes it
+    runtime_env_json: str | None = None
 
 
 def validate(sub: Submission) -> tuple[str, list[Path]]:
@@ -99,31 +110,59 @@ def job_env(sub: Submission, address: str, uses_token: bool) -> dict[str, str]:
     return env
 
 
-def entrypoint(sub: Submission, command: str, files: list[str], job_id: str) -> str:
-    """The job's shell command. Ray deletes the uploaded working_dir once the driver disconnects
-    from Ray (while it still logs the model and writes its result), and runs would be lost with it:
-    the job copies its files to a lasting directory and runs there."""
+def entrypoint(sub: Submission, command: str, files: dict[str, bytes], job_id: str) -> str:
+    """The job's shell command. It writes the spec files (carried in the command itself, base64)
+    to a lasting directory and runs there: the runs it makes outlive the job."""
     workdir = shlex.quote(sub.workdir) if sub.workdir else f'"$HOME/distgan_jobs/{job_id}"'
-    args = [command, files[0], "--address", "auto", "--json-out", "result.json"]
+    names = list(files)
+    args = [command, names[0], "--address", "auto", "--json-out", "result.json"]
     for assignment in sub.overrides:
         args += ["--set", assignment]
     if not sub.tracking:
         args.append("--no-tracking")
     else:
         args += ["--experiment", sub.experiment] + (["--register", sub.register] if sub.register else [])
-    setup = f"mkdir -p {workdir} && cp {shlex.join(files)} {workdir}/ && cd {workdir}"
+    writes = " && ".join(
+        f"echo {base64.b64encode(data).decode()} | base64 -d > {shlex.quote(name)}" for name, data in files.items()
+    )
+    setup = f"mkdir -p {workdir} && cd {workdir} && {writes}"
     run = f"{sub.python} -m distgan {shlex.join(args)}"
     # The result document comes back in the job's log, after a marker line (see `result_from_logs`).
     show_result = f'if [ -f result.json ]; then echo "{RESULT_MARK}"; cat result.json; fi'
     return f"{setup} && {{ {run}; rc=$?; {show_result}; exit $rc; }}"
 
 
-def runtime_env(workdir: Path, env: dict[str, str], ship_code: bool) -> dict:
-    renv: dict = {"working_dir": str(workdir), "env_vars": env}
+# Env vars distgan must set for the job to work as asked: the user's runtime env may not change them.
+REQUIRED_ENV = {
+    "MLFLOW_TRACKING_URI": "pass --tracking-uri instead",
+    "RAY_AUTH_MODE": "the cluster uses token auth and the job must too",
+}
+
+
+def runtime_env(env: dict[str, str], ship_code: bool, user: dict, source: str) -> dict:
+    """distgan's runtime env with the user's merged in. The user's env_vars override distgan's MLflow
+    settings, but not the REQUIRED_ENV ones distgan sets (InputError on a different value); distgan
+    adds no pip packages, so the user's `pip` (and every other field) passes through; `--ship-code`
+    puts this checkout ahead of the user's own py_modules."""
+    if "worker_process_setup_hook" in user:
+        raise InputError(
+            f"{source}: drop worker_process_setup_hook: distgan's job sets its own, and Ray fails a job whose "
+            "runtime env and driver both set one"
+        )
+    renv = dict(user)
+    user_env = user.get("env_vars") or {}
+    for key in REQUIRED_ENV.keys() & env.keys() & user_env.keys():
+        if user_env[key] != env[key]:
+            raise InputError(
+                f"{source} sets env var {key}={user_env[key]}, but this job needs {key}={env[key]} "
+                f"({REQUIRED_ENV[key]}): remove it from the runtime env"
+            )
+    renv["env_vars"] = {**env, **user_env}
     if ship_code:
         # This checkout's distgan package, importable on every node ahead of an installed one.
-        renv["py_modules"] = [str(Path(__file__).resolve().parents[1])]
-        renv["excludes"] = ["__pycache__", "*.pyc"]
+        renv["py_modules"] = [str(Path(__file__).resolve().parents[1])] + list(user.get("py_modules") or [])
+        renv["excludes"] = ["__pycache__", "*.pyc"] + list(user.get("excludes") or [])
+    check_runtime_env(renv, f"{source} with distgan's own settings")
     return renv
 
 
@@ -133,19 +172,17 @@ def submit(sub: Submission, address: str | None) -> tuple[Cluster, dict]:
     if sub.register:
         registry.check_name(sub.register)
     address = dashboard_address(address)
+    user_env = read_runtime_env(sub.runtime_env_file, sub.runtime_env_json)
     env = job_env(sub, address, uses_token=auth_token()[0] is not None)  # tracking checks before any connection
+    renv = runtime_env(env, sub.ship_code, user_env, runtime_env_source(sub.runtime_env_file, sub.runtime_env_json))
     cluster = connect(address)
-    with tempfile.TemporaryDirectory(prefix="distgan-submit-") as tmp:
-        workdir = Path(tmp)
-        for f in files:
-            shutil.copy(f, workdir / f.name)
-        job_id = f"distgan-{command}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        ep = entrypoint(sub, command, [f.name for f in files], job_id)
-        cluster.call(
-            "submit_job",
-            submission_id=job_id,
-            entrypoint=ep,
-            runtime_env=runtime_env(workdir, env, sub.ship_code),
-            metadata={"distgan.command": command, "distgan.spec": files[0].name},
-        )
+    job_id = f"distgan-{command}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    ep = entrypoint(sub, command, {f.name: f.read_bytes() for f in files}, job_id)
+    cluster.call(
+        "submit_job",
+        submission_id=job_id,
+        entrypoint=ep,
+        runtime_env=renv,
+        metadata={"distgan.command": command, "distgan.spec": files[0].name},
+    )
     return cluster, {"job_id": job_id, "address": cluster.address, "entrypoint": ep}

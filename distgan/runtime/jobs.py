@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import yaml
+
 from distgan.errors import InputError
 
 RESULT_MARK = "--- distgan result.json ---"
@@ -135,6 +137,52 @@ def connect(address: str | None) -> Cluster:
     with _ray_errors(address, source):
         client = JobSubmissionClient(address, headers=headers)
     return Cluster(address, client, source, token is not None)
+
+
+# --- runtime env -----------------------------------------------------------------------------
+
+
+def read_runtime_env(file: str | None, json_text: str | None) -> dict:
+    """A runtime env as `ray job submit --runtime-env FILE` (YAML or JSON) or `--runtime-env-json`
+    reads it; InputError where it is unreadable, not a mapping, or not one Ray accepts."""
+    if file is None and json_text is None:
+        return {}
+    source = runtime_env_source(file, json_text)
+    try:
+        text = Path(file).read_text() if file is not None else json_text
+    except OSError as e:
+        raise InputError(f"{source}: cannot read it ({e.strerror}); give a YAML or JSON file") from None
+    try:
+        tree = yaml.safe_load(text)  # JSON is YAML: one parser reads both, as Ray's CLI does
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"{source} is not valid YAML or JSON{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(tree, dict):
+        raise InputError(f"{source} must be a mapping of runtime env fields (pip, env_vars, image_uri, ...)")
+    check_runtime_env(tree, source)
+    return tree
+
+
+def runtime_env_source(file: str | None, json_text: str | None) -> str:
+    """How error messages name the user's runtime env."""
+    if file is not None:
+        return f"--runtime-env {file}"
+    return "--runtime-env-json" if json_text is not None else "the runtime env"
+
+
+def check_runtime_env(renv: dict, source: str) -> None:
+    """Ray's own checks of a runtime env, here before anything is sent. Ray's `RuntimeEnv` takes an
+    unknown top-level key for a plugin's field, so a typo such as `pipp` is refused here."""
+    from ray.runtime_env import RuntimeEnv
+
+    if unknown := sorted(set(renv) - RuntimeEnv.known_fields):
+        known = ", ".join(sorted(k for k in RuntimeEnv.known_fields if not k.startswith("_")))
+        raise InputError(f"{source}: unknown runtime env field(s) {', '.join(unknown)}; Ray knows {known}")
+    try:
+        RuntimeEnv(**renv)
+    except (ValueError, TypeError, OSError) as e:  # OSError: a `pip: requirements.txt` that is not there
+        raise InputError(f"{source}: {str(e).splitlines()[0]}") from None
 
 
 # --- watching ---------------------------------------------------------------------------------
