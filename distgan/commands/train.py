@@ -7,8 +7,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
+from distgan import storage
 from distgan.commands import preflight
 from distgan.core import checkpoint
 from distgan.data import DataInfo
@@ -67,6 +67,7 @@ def train(
         ray_train.check_cluster_gpus(spec, None)
     uri = tracking.prepare()
     run_dir = _run_dir(spec)
+    storage.check_storage(run_dir)
     preflight.check_resume(spec, run_dir)
     with ray_train.ray_session(address):
         if address is not None:
@@ -79,9 +80,9 @@ def train(
         run_id = (
             tracking_run.open_run(uri, tracking.experiment, spec, run_dir, _run_tags(spec, info), info) if uri else None
         )
-        target = RecordTarget(str(run_dir / "distgan"), uri, run_id, tracking.system_metrics)
+        target = RecordTarget(storage.join(run_dir, "distgan"), uri, run_id, tracking.system_metrics)
         fit, error, wall = ray_train.fit_with_progress(
-            spec, info, target, str(run_dir.parent), echo, ray_data.datasets(spec.data, info)
+            spec, info, target, run_dir.rsplit("/", 1)[0], echo, ray_data.datasets(spec.data, info)
         )
     result = _result(spec, run_dir, fit, error, wall, uri, run_id)
     if run_id:
@@ -89,11 +90,12 @@ def train(
     return result
 
 
-def _run_dir(spec: JobSpec) -> Path:
-    """`<storage>/<name>`; a run without a name is named after its data and the time."""
+def _run_dir(spec: JobSpec) -> str:
+    """`<storage>/<name>` (an absolute local path or a URI); a run without a name is named after its data and
+    the time."""
     if spec.train.name is None:
         spec.train.name = f"{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    return Path(spec.train.storage_path or ray_train.DEFAULT_STORAGE).resolve() / spec.train.name
+    return storage.join(storage.absolute(spec.train.storage_path or ray_train.DEFAULT_STORAGE), spec.train.name)
 
 
 def _check_joined_cluster(spec: JobSpec, address: str, uri: str | None) -> None:
@@ -117,7 +119,7 @@ def _run_tags(spec: JobSpec, info: DataInfo) -> dict[str, str]:
 
 
 def _result(
-    spec: JobSpec, run_dir: Path, fit, error: Exception | None, wall: float, uri: str | None, run_id: str | None
+    spec: JobSpec, run_dir: str, fit, error: Exception | None, wall: float, uri: str | None, run_id: str | None
 ) -> TrainResult:
     out = (fit.return_value if fit is not None else None) or {}
     return TrainResult(
@@ -131,7 +133,7 @@ def _result(
         precision=out.get("precision"),
         # NaN/Inf are not JSON: a diverged metric reads null
         metrics={k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()},
-        checkpoint=fit.checkpoint.path if fit is not None and fit.checkpoint else None,
+        checkpoint=storage.uri(fit.checkpoint.filesystem, fit.checkpoint.path) if fit and fit.checkpoint else None,
         wall_s=round(wall, 2),
         mlflow_run_id=run_id,
         tracking_uri=uri,

@@ -16,7 +16,6 @@ import os
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import ray
 import ray.train
@@ -26,6 +25,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
+from distgan import storage
 from distgan.core import loop
 from distgan.data import DataInfo
 from distgan.errors import InputError
@@ -128,10 +128,9 @@ class RaySession:
         # collective and trips autograd's in-place checks in the two-optimizer step.
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
 
-    def latest_checkpoint(self) -> Path | None:
-        ckpt = ray.train.get_checkpoint()
-        # A local directory of a (possibly remote) checkpoint; kept for the life of the worker.
-        return Path(ckpt.to_directory()) if ckpt is not None else None
+    def latest_checkpoint(self) -> str | None:
+        ckpt = ray.train.get_checkpoint()  # the newest reported; read (and verified) where it is stored
+        return storage.uri(ckpt.filesystem, ckpt.path) if ckpt is not None else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
