@@ -124,7 +124,7 @@ def _result(
     out = (fit.return_value if fit is not None else None) or {}
     return TrainResult(
         status=out.get("status", "failed") if error is None else "failed",
-        error=None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        error=None if error is None else ray_train.failure_line(error),
         name=spec.train.name,
         run_dir=str(run_dir),
         workers=spec.scaling.workers,

@@ -225,6 +225,17 @@ def fit_with_progress(spec: JobSpec, info: DataInfo, record, storage_path: str, 
         printer.join()
 
 
+def failure_line(error: Exception) -> str:
+    """One line saying why a fit failed: the first failed worker's own exception (its last line: a
+    full disk reads `OSError: [Errno 28] No space left on device`), not Ray's wrapper around it."""
+    failures = getattr(error, "worker_failures", None)  # WorkerGroupError: rank -> the worker's exception
+    if failures:
+        rank, cause = min(failures.items())
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        return f"{type(error).__name__}: rank {rank}: {lines[-1] if lines else type(cause).__name__}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
 def _print_progress(queue, stop: threading.Event, echo) -> None:
     while not stop.is_set():
         try:

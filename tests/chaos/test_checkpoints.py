@@ -5,6 +5,7 @@ at exactly `train.steps`, and records each step once. Written whole or not at al
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,65 @@ def test_every_torch_load_in_distgan_is_weights_only():
         if "torch.load(" in line and not line.lstrip().startswith(("#", '"'))
     ]
     assert calls and all("weights_only=True" in c for c in calls), calls
+
+
+FULL_DISK = r"""
+set -e
+mount -t tmpfs -o size=10m tmpfs "$STORE"  # room for one checkpoint of the default model, not two
+train() { python -m distgan train --no-tracking --name full --set train.storage_path="$STORE" \
+    --set train.steps=60 --set train.eval_every=20 --set train.checkpoint_every=20 --set train.batch_size=64 \
+    --set train.eval_samples=200 --set train.final_eval_seeds=1 --set train.max_failures=0 "$@"; }
+rc=0; train --json-out "$OUT/full.json" 2> "$OUT/full.stderr" || rc=$?; echo "$rc" > "$OUT/full.rc"
+python -c "
+import json, sys
+from distgan.core import checkpoint
+found = {}
+for c in checkpoint.checkpoints(sys.argv[1]):
+    try:
+        found[c] = checkpoint._verified(c)['step']
+    except checkpoint.BadCheckpoint as e:
+        found[c] = str(e)
+json.dump(found, open(sys.argv[2], 'w'))
+" "$STORE/full" "$OUT/checkpoints.json"
+mount -o remount,size=64m "$STORE"  # room again: the same name resumes
+train --json-out "$OUT/resumed.json" > "$OUT/resumed.stdout"
+cp "$STORE/full/distgan/metrics.jsonl" "$OUT/"
+"""
+
+
+def test_a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import read_json
+
+    # A small filesystem of its own: tmpfs in a user and mount namespace (no root needed where user
+    # namespaces are allowed; visible to this script's processes only).
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs `unshare -rm` (user namespaces) to mount a small filesystem")
+    store, out = tmp_path / "store", tmp_path / "out"
+    store.mkdir()
+    out.mkdir()
+    env = {**os.environ, "STORE": str(store), "OUT": str(out)}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", FULL_DISK], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert (out / "full.rc").read_text().strip() == "1"
+    failed = read_json(out / "full.json")
+    assert failed["status"] == "failed" and "No space left on device" in failed["error"]
+    assert failed["error"] in (out / "full.stderr").read_text()
+    saved = read_json(out / "checkpoints.json")
+    good = [s for s in saved.values() if isinstance(s, int)]
+    partial = [s for s in saved.values() if not isinstance(s, int)]
+    # the ones before the disk filled, intact; the one it cut short never verifies
+    assert good and good == sorted(good) and max(good) < 60, saved
+    assert all("does not match its sha256" in s or "no state.pt" in s for s in partial), saved
+    print(f"full disk: {failed['error']}; checkpoints after it: {saved}")
+
+    resumed = read_json(out / "resumed.json")
+    assert resumed["status"] == "finished" and resumed["resumed_from"] == max(good) and resumed["steps"] == 60
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [20, 40, 60]
