@@ -38,7 +38,7 @@ class Session(Protocol):
     node_id: str
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
-    def latest_checkpoint(self) -> str | None: ...  # the newest checkpoint directory: a local path or a URI
+    def latest_checkpoint(self) -> str | Path | None: ...  # the newest checkpoint directory: a local path or a URI
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
     def data_shard(self): ...
     def progress(self, line: str) -> None: ...
@@ -70,8 +70,9 @@ class LocalSession:
     def prepare_model(self, model):
         return model.to(self.device)
 
-    def latest_checkpoint(self) -> str | None:
-        return checkpoint.latest(self.run_dir)
+    def latest_checkpoint(self) -> Path | None:
+        newest = checkpoint.latest(self.run_dir)
+        return Path(newest) if newest else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.reports.append(dict(metrics))
@@ -352,7 +353,9 @@ def restore_rng(saved: list, rank: int, world: int, seed: int, step: int, device
         torch.cuda.set_rng_state(mine["cuda"], device)
 
 
-def resume(ckpt: str, eng: engine.Engine, rank: int, world: int, seed: int, device: torch.device, warn=None) -> int:
+def resume(
+    ckpt: str | Path, eng: engine.Engine, rank: int, world: int, seed: int, device: torch.device, warn=None
+) -> int:
     """Load the checkpoint `ckpt` (or, when it does not verify, the newest good one before it: every
     rank verifies the same files, so all pick the same one) into `eng` and this rank's RNG; the step
     it was taken at. `warn`: where the one line about a skipped checkpoint goes (rank 0's)."""
