@@ -82,6 +82,11 @@ def test_a_run_in_s3_checkpoints_there_and_resumes_from_there(tmp_path, s3_serve
     assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]  # every eval once
     assert checkpoint.read(second.checkpoint)["step"] == 60
 
+    # Nothing left to train: the result still carries the final metrics, read back from the bucket.
+    third = train.train(load_spec(None, [*overrides, "train.steps=60"]), echo=lambda line: None, tracking=tracking)
+    assert third.status == "finished" and third.resumed_from == 60 and third.steps == 60
+    assert third.metrics["reverse_kl"] == pytest.approx(rows[-1]["reverse_kl"])
+
 
 def test_a_broken_newest_checkpoint_in_s3_falls_back_through_ray(tmp_path, s3_server, monkeypatch):
     s3_server.use(monkeypatch)

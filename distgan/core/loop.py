@@ -206,12 +206,12 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
             break
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
-    undelivered = record.close() if record is not None else 0
-    digests = gather((parameter_digest(G), parameter_digest(D), parameter_digest(eng.G_ema)))
     if step == start and record is not None:  # resumed at the end: report the recorded final metrics
         history = record.metric_history()
         metrics = history[-1] if history else {}
         metrics.pop("step", None)
+    undelivered = record.close() if record is not None else 0  # after the history: a staged record goes
+    digests = gather((parameter_digest(G), parameter_digest(D), parameter_digest(eng.G_ema)))
     return {
         "status": status,
         "steps": step,
