@@ -168,3 +168,30 @@ def test_the_cli_exits_2_on_a_missing_bucket(tmp_path, s3_server):
     assert r.returncode == 2, r.stderr
     assert "bucket 'no-such-bucket-here' does not exist; create it or fix the URI" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+def test_a_search_on_s3_storage_keeps_its_trials_checkpoints_there(tmp_path, s3_server, monkeypatch):
+    import yaml
+
+    from distgan.commands import search
+
+    s3_server.use(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    storage = f"{_bucket(s3_server)}/runs"
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"name": "ring8"},
+                "model": {"g_hidden": [32, 32], "d_hidden": [32, 32]},
+                "train": {"steps": 40, "eval_every": 20, "batch_size": 64, "eval_samples": 200, "final_eval_seeds": 1},
+                "search": {"space": {"optim.lr_g": {"grid": [5.0e-4]}}, "scheduler": "none", "max_concurrent": 1},
+            }
+        )
+    )
+    spec, s = search.load(str(path), [f"train.storage_path={storage}"])
+    res = search.search(spec, s, echo=lambda line: None, tracking=TrackingOptions(enabled=False))
+    assert res.status == "finished" and res.steps == 40
+    assert res.checkpoint.startswith(f"{storage}/{res.name}/")
+    assert checkpoint.read(res.checkpoint)["step"] == res.trials[0]["eval_step"]
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())
