@@ -97,9 +97,40 @@ def list_files(location: str, suffixes: set[str] | None = None) -> tuple[pafs.Fi
     return fs, files
 
 
+def join(location: str, *parts: str) -> str:
+    """`location/part/...` for a local path or a URI alike."""
+    return "/".join([str(location).rstrip("/"), *parts])
+
+
+def uri(fs: pafs.FileSystem, path: str) -> str:
+    """The location of `path` in `fs` (Ray's checkpoints come as a pair): a local path, or a URI."""
+    return path if fs.type_name == "local" else f"{fs.type_name}://{path}"
+
+
+def check_storage(location: str) -> None:
+    """InputError (one line) unless `location` can be used as storage: a scheme pyarrow knows, a
+    bucket that exists, credentials that may read it. Nothing is written."""
+    fs, path = resolve(location)
+    info(fs, path, location)  # no credentials or access denied: the SDK's error, as one line
+    if is_remote(location) and info(fs, path.split("/")[0], location).type == pafs.FileType.NotFound:
+        raise InputError(f"{location}: bucket {path.split('/')[0]!r} does not exist; create it or fix the URI")
+
+
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def read_optional(location: str) -> bytes | None:
+    """The file at `location`, or None when there is none."""
+    fs, path = resolve(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    return read_bytes(fs, path)
+
+
+def write(location: str, data: bytes) -> None:
+    write_bytes(*resolve(location), data)
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -108,9 +139,13 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     fs.create_dir(os.path.dirname(path), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{path}.tmp-{os.getpid()}"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, path)
+        finally:
+            if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing behind
+                os.remove(tmp)
     else:
         with fs.open_output_stream(path) as f:
             f.write(data)

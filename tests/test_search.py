@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pyarrow.fs as pafs
 import pytest
 import yaml
 from conftest import REPO, read_json, run_cli
@@ -243,7 +244,7 @@ def test_the_stopper_counts_evals_only():
 
 
 def _result(metrics, checkpoints=(), path="/runs/search/trial_a"):
-    ckpt = lambda p: SimpleNamespace(path=p)  # noqa: E731
+    ckpt = lambda p: SimpleNamespace(path=p, filesystem=pafs.LocalFileSystem())  # noqa: E731
     return SimpleNamespace(
         metrics=metrics,
         path=path,

@@ -37,16 +37,18 @@ def check_job(spec: JobSpec) -> DataInfo:
     return info
 
 
-def check_resume(spec: JobSpec, run_dir: Path) -> None:
-    """A reused run name must describe the same data and model, or its checkpoint cannot load."""
-    previous = read_spec(run_dir / "distgan")
+def check_resume(spec: JobSpec, run_dir: str | Path) -> None:
+    """A reused run name must describe the same data and model, or its checkpoint cannot load.
+    `run_dir`: a local path or a URI (the spec is read from the storage the run lives in)."""
+    previous = read_spec(f"{run_dir}/distgan")
+    storage = str(run_dir).rsplit("/", 1)[0]
     if previous is None:
         return
     now = spec.model_dump(mode="json")
     for section in ("data", "model"):
         if previous.get(section) != now[section]:
             raise InputError(
-                f"run {spec.train.name!r} in {run_dir.parent} was started with a different {section} section; "
+                f"run {spec.train.name!r} in {storage} was started with a different {section} section; "
                 f"set another train.name to start a new run"
             )
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from distgan import storage
 from distgan.commands import preflight
 from distgan.core import checkpoint
 from distgan.data import DataInfo
@@ -58,16 +59,19 @@ def search(
     tracking = tracking or TrackingOptions()
     info = preflight.check_search(spec, search_spec)
     uri = tracking.prepare()
-    storage = Path(spec.train.storage_path or ray_train.DEFAULT_STORAGE).resolve()
+    location = storage.absolute(spec.train.storage_path or ray_train.DEFAULT_STORAGE)
+    storage.check_storage(location)
     name = f"search-{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
     with ray_train.ray_session(address):
         parent = None
         if uri:
             named = spec.model_copy(update={"train": spec.train.model_copy(update={"name": name})})
-            parent = tracking_run.open_search_run(uri, tracking.experiment, named, storage / name, search_spec, info)
+            parent = tracking_run.open_search_run(
+                uri, tracking.experiment, named, storage.join(location, name), search_spec, info
+            )
         dataset = (ray_data.datasets(spec.data, info, materialize=True) or {}).get("train")
         trials, wall = tune.fit_trials(
-            spec, search_spec, info, name, str(storage), echo, parent, dataset, preflight.count_modes(spec, info)
+            spec, search_spec, info, name, location, echo, parent, dataset, preflight.count_modes(spec, info)
         )
     best = tune.best_trial(trials, search_spec)
     result = SearchResult(

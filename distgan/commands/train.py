@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
+from distgan import storage
 from distgan.commands import preflight
 from distgan.core import checkpoint
 from distgan.data import DataInfo
@@ -67,6 +68,7 @@ def train(
         ray_train.check_cluster_gpus(spec, None)
     uri = tracking.prepare()
     run_dir = _run_dir(spec)
+    storage.check_storage(run_dir)
     preflight.check_resume(spec, run_dir)
     with ray_train.ray_session(address):
         if address is not None:
@@ -79,31 +81,28 @@ def train(
         run_id = (
             tracking_run.open_run(uri, tracking.experiment, spec, run_dir, _run_tags(spec, info), info) if uri else None
         )
-        target = RecordTarget(str(run_dir / "distgan"), uri, run_id, tracking.system_metrics)
+        target = RecordTarget(storage.join(run_dir, "distgan"), uri, run_id, tracking.system_metrics)
         datasets = ray_data.datasets(spec.data, info, _resume_salt(run_dir))
-        fit, error, wall = ray_train.fit_with_progress(spec, info, target, str(run_dir.parent), echo, datasets)
+        fit, error, wall = ray_train.fit_with_progress(spec, info, target, run_dir.rsplit("/", 1)[0], echo, datasets)
     result = _result(spec, run_dir, fit, error, wall, uri, run_id)
     if run_id:
         _finish_tracking(result, spec, info, tracking, echo)
     return result
 
 
-def _run_dir(spec: JobSpec) -> Path:
-    """`<storage>/<name>`; a run without a name is named after its data and the time."""
+def _run_dir(spec: JobSpec) -> str:
+    """`<storage>/<name>` (an absolute local path or a URI); a run without a name is named after its data and
+    the time."""
     if spec.train.name is None:
         spec.train.name = f"{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    return Path(spec.train.storage_path or ray_train.DEFAULT_STORAGE).resolve() / spec.train.name
+    return storage.join(storage.absolute(spec.train.storage_path or ray_train.DEFAULT_STORAGE), spec.train.name)
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else ""
-
-
-def _resume_salt(run_dir: Path) -> int:
-    """Differs at every resume of a run (the time of its newest checkpoint): a resumed run reads its
-    data in new orders, not the first attempt's again."""
+def _resume_salt(run_dir: str) -> int:
+    """Differs at every resume of a run (its newest checkpoint's name, which holds the time): a
+    resumed run reads its data in new orders, not the first attempt's again."""
     latest = checkpoint.latest(run_dir)
-    return int(latest.stat().st_mtime) if latest else 0
+    return zlib.crc32(latest.rsplit("/", 1)[-1].encode()) if latest else 0
 
 
 def _check_joined_cluster(spec: JobSpec, address: str, uri: str | None) -> None:
@@ -127,12 +126,12 @@ def _run_tags(spec: JobSpec, info: DataInfo) -> dict[str, str]:
 
 
 def _result(
-    spec: JobSpec, run_dir: Path, fit, error: Exception | None, wall: float, uri: str | None, run_id: str | None
+    spec: JobSpec, run_dir: str, fit, error: Exception | None, wall: float, uri: str | None, run_id: str | None
 ) -> TrainResult:
     out = (fit.return_value if fit is not None else None) or {}
     return TrainResult(
         status=out.get("status", "failed") if error is None else "failed",
-        error=out.get("error") if error is None else f"{type(error).__name__}: {_first_line(error)}",
+        error=out.get("error") if error is None else ray_train.failure_line(error),
         name=spec.train.name,
         run_dir=str(run_dir),
         workers=spec.scaling.workers,
@@ -141,7 +140,7 @@ def _result(
         precision=out.get("precision"),
         # NaN/Inf are not JSON: a diverged metric reads null
         metrics={k: (v if math.isfinite(v) else None) for k, v in out.get("metrics", {}).items()},
-        checkpoint=fit.checkpoint.path if fit is not None and fit.checkpoint else None,
+        checkpoint=storage.uri(fit.checkpoint.filesystem, fit.checkpoint.path) if fit and fit.checkpoint else None,
         wall_s=round(wall, 2),
         mlflow_run_id=run_id,
         tracking_uri=uri,

@@ -1,38 +1,114 @@
-"""The one checkpoint format: a directory holding `state.pt`.
+"""The one checkpoint format: a directory holding `state.pt` and `state.pt.sha256` (its sha256, hex).
 
 state = {"engine": Engine.state_dict(), "step": int, "rng": [per rank {"cpu": ByteTensor[, "cuda": ...]}], "spec": the
 job spec as a dict}. It loads with `torch.load(weights_only=True)`: nothing is unpickled.
+
+`state.pt` is written under a temporary name and renamed, then its checksum: a checkpoint is whole or
+has no `state.pt`. A resume reads the newest checkpoint that verifies (`read_newest_good`): one cut
+short, altered or missing its state (storage that failed under it, a copy that broke off) is
+skipped for the one before it, with a warning. Checkpoints live anywhere `distgan.storage` reaches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
-from distgan import models
+from distgan import models, storage
 from distgan.errors import InputError
 from distgan.spec.job import ModelSpec
 
 CHECKPOINT_FILE = "state.pt"
+CHECKSUM_FILE = CHECKPOINT_FILE + ".sha256"
+PREFIX = "checkpoint_"  # Ray Train's and LocalSession's checkpoint directories; their names sort by time
+
+
+class BadCheckpoint(Exception):
+    """A checkpoint that does not verify; the message says why."""
 
 
 def write(directory: str | Path, state: dict) -> Path:
+    """`state` as `directory/state.pt` (a local directory), whole or not at all, and its checksum."""
     path = Path(directory) / CHECKPOINT_FILE
-    torch.save(state, path)
+    tmp = path.with_name(f".{CHECKPOINT_FILE}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        with tmp.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save (a full disk) leaves no partial file
+    storage.write_bytes(pafs.LocalFileSystem(), str(path.with_name(CHECKSUM_FILE)), digest.encode())
     return path
 
 
-def read(path: str | Path) -> dict:
-    """A checkpoint's state, on the CPU: `path` is the checkpoint directory or its state file."""
-    path = Path(path)
-    return torch.load(path / CHECKPOINT_FILE if path.is_dir() else path, map_location="cpu", weights_only=True)
+def read(location: str | Path) -> dict:
+    """A checkpoint's state, on the CPU, verified: `location` is the checkpoint directory or its state
+    file, a local path or a URI. InputError when it does not verify."""
+    location = str(location)
+    directory = location.rsplit("/", 1)[0] if location.endswith("/" + CHECKPOINT_FILE) else location
+    try:
+        return _verified(directory)
+    except BadCheckpoint as e:
+        raise InputError(f"checkpoint {directory} is unusable ({e}); use an earlier checkpoint of the run") from None
 
 
-def latest(run_dir: str | Path) -> Path | None:
-    """The newest `checkpoint_*` directory of a run directory, or None."""
-    found = sorted(Path(run_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"), key=lambda p: p.stat().st_mtime)
-    return found[-1].parent if found else None
+def _verified(directory: str) -> dict:
+    fs, path = storage.resolve(directory)
+    try:
+        data = storage.read_bytes(fs, f"{path}/{CHECKPOINT_FILE}")
+    except FileNotFoundError:
+        raise BadCheckpoint(f"no {CHECKPOINT_FILE}") from None
+    try:
+        expected = storage.read_bytes(fs, f"{path}/{CHECKSUM_FILE}").decode().strip()
+    except FileNotFoundError:
+        expected = None  # written before checksums: it must still load
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise BadCheckpoint(f"{CHECKPOINT_FILE} does not match its sha256: {len(data):,} bytes, altered or cut short")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BadCheckpoint(f"{CHECKPOINT_FILE} does not load: {' '.join(str(e).split())[:120]}") from None
+
+
+def checkpoints(run_dir: str | Path) -> list[str]:
+    """The `checkpoint_*` directories of a run directory (local path or URI), oldest first."""
+    fs, path = storage.resolve(str(run_dir))
+    try:
+        found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except NotADirectoryError:
+        return []
+    names = sorted(f.base_name for f in found if f.type == pafs.FileType.Directory and f.base_name.startswith(PREFIX))
+    return [storage.join(storage.absolute(str(run_dir)), name) for name in names]
+
+
+def latest(run_dir: str | Path) -> str | None:
+    """The newest `checkpoint_*` directory of a run directory, or None (it is verified when read)."""
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_newest_good(newest: str, warn=print) -> dict:
+    """The state of `newest` (a checkpoint directory) or, when it does not verify, of the newest
+    checkpoint before it in the same run directory that does, with one warning naming both."""
+    parent, name = newest.rstrip("/").rsplit("/", 1)
+    older = [c for c in reversed(checkpoints(parent)) if c.rsplit("/", 1)[1] < name]
+    bad = []
+    for candidate in [newest, *older]:
+        try:
+            state = _verified(candidate)
+        except BadCheckpoint as e:
+            bad.append(f"{candidate} ({e})")
+            continue
+        if bad:
+            warn(f"warning: checkpoint {'; '.join(bad)} is unusable; resuming from {candidate} (step {state['step']})")
+        return state
+    raise RuntimeError(f"no usable checkpoint to resume from: {'; '.join(bad)}")
 
 
 def read_any(path: Path) -> dict:
@@ -44,7 +120,7 @@ def read_any(path: Path) -> dict:
                 f"{path} holds no {CHECKPOINT_FILE} and no checkpoint_*/{CHECKPOINT_FILE}; "
                 "give a run directory, a checkpoint or a model URI"
             )
-        path = newest
+        return read(newest)
     return read(path)
 
 

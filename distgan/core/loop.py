@@ -38,7 +38,7 @@ class Session(Protocol):
     node_id: str
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
-    def latest_checkpoint(self) -> Path | None: ...
+    def latest_checkpoint(self) -> str | Path | None: ...  # the newest checkpoint directory: a local path or a URI
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
     def data_shard(self): ...
     def progress(self, line: str) -> None: ...
@@ -56,8 +56,9 @@ class Recorder(Protocol):
 
 
 class LocalSession:
-    """One process, no Ray: checkpoints go to `<run_dir>/checkpoint_<step>` (the newest `keep`
-    kept), reports are kept in `reports`. For tests, notebooks and the benchmarks."""
+    """One process, no Ray: checkpoints go to `<run_dir>/checkpoint_<step>` (copied under a hidden
+    name, then renamed; the newest `keep` kept), reports are kept in `reports`. For tests, notebooks
+    and the benchmarks."""
 
     rank, world, node_id = 0, 1, "local"
 
@@ -70,14 +71,20 @@ class LocalSession:
         return model.to(self.device)
 
     def latest_checkpoint(self) -> Path | None:
-        return checkpoint.latest(self.run_dir)
+        newest = checkpoint.latest(self.run_dir)
+        return Path(newest) if newest else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is None:
             return
-        shutil.copytree(checkpoint_dir, self.run_dir / f"checkpoint_{metrics['step']:07d}")
-        for old in sorted(self.run_dir.glob("checkpoint_*"))[: -self.keep]:
+        final = self.run_dir / f"{checkpoint.PREFIX}{metrics['step']:07d}"
+        staged = self.run_dir / f".{final.name}.tmp"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, staged)
+        shutil.rmtree(final, ignore_errors=True)  # a resume replays the steps after its checkpoint
+        staged.rename(final)
+        for old in sorted(self.run_dir.glob(f"{checkpoint.PREFIX}*"))[: -self.keep]:
             shutil.rmtree(old)
 
     def data_shard(self):
@@ -130,7 +137,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     start = 0
     ckpt = session.latest_checkpoint()
     if ckpt is not None:
-        start = resume(ckpt, eng, rank, world, t.seed, device)
+        start = resume(ckpt, eng, rank, world, t.seed, device, session.progress if is_chief else None)
         # The spec's learning rates win over the checkpoint's: after a PBT exploit the spec holds
         # the mutated values, while the loaded optimizer state holds the donor's.
         eng.set_lrs(spec.optim.lr_g, spec.optim.lr_d)
@@ -210,12 +217,12 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
             break
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
-    undelivered = record.close() if record is not None else 0
-    digests = gather((parameter_digest(G), parameter_digest(D), parameter_digest(eng.G_ema)))
     if step == start and record is not None:  # resumed at the end: report the recorded final metrics
         history = record.metric_history()
         metrics = history[-1] if history else {}
         metrics.pop("step", None)
+    undelivered = record.close() if record is not None else 0  # after the history: a staged record goes
+    digests = gather((parameter_digest(G), parameter_digest(D), parameter_digest(eng.G_ema)))
     return {
         "status": status,
         "error": error,
@@ -359,11 +366,15 @@ def restore_rng(saved: list, rank: int, world: int, seed: int, step: int, device
         torch.cuda.set_rng_state(mine["cuda"], device)
 
 
-def resume(ckpt: Path, eng: engine.Engine, rank: int, world: int, seed: int, device: torch.device) -> int:
-    """Load a checkpoint into `eng` and this rank's RNG; the step it was taken at."""
+def resume(
+    ckpt: str | Path, eng: engine.Engine, rank: int, world: int, seed: int, device: torch.device, warn=None
+) -> int:
+    """Load the checkpoint `ckpt` (or, when it does not verify, the newest good one before it: every
+    rank verifies the same files, so all pick the same one) into `eng` and this rank's RNG; the step
+    it was taken at. `warn`: where the one line about a skipped checkpoint goes (rank 0's)."""
     # Read on the CPU: RNG states must stay CPU ByteTensors; load_state_dict copies the engine's
     # tensors onto the device its modules and optimizer states live on.
-    state = checkpoint.read(ckpt)
+    state = checkpoint.read_newest_good(str(ckpt), warn or (lambda line: None))
     eng.load_state_dict(state["engine"])
     restore_rng(state["rng"], rank, world, seed, state["step"], device)
     return state["step"]

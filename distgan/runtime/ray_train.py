@@ -16,7 +16,6 @@ import os
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import ray
 import ray.train
@@ -26,6 +25,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
+from distgan import storage
 from distgan.core import loop
 from distgan.data import DataInfo
 from distgan.errors import InputError
@@ -129,10 +129,9 @@ class RaySession:
         # collective and trips autograd's in-place checks in the two-optimizer step.
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
 
-    def latest_checkpoint(self) -> Path | None:
-        ckpt = ray.train.get_checkpoint()
-        # A local directory of a (possibly remote) checkpoint; kept for the life of the worker.
-        return Path(ckpt.to_directory()) if ckpt is not None else None
+    def latest_checkpoint(self) -> str | None:
+        ckpt = ray.train.get_checkpoint()  # the newest reported; read (and verified) where it is stored
+        return storage.uri(ckpt.filesystem, ckpt.path) if ckpt is not None else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -228,6 +227,17 @@ def fit_with_progress(spec: JobSpec, info: DataInfo, record, storage_path: str, 
         time.sleep(0.6)  # let the printer drain the last lines
         stop.set()
         printer.join()
+
+
+def failure_line(error: Exception) -> str:
+    """One line saying why a fit failed: the first failed worker's own exception (its last line: a
+    full disk reads `OSError: [Errno 28] No space left on device`), not Ray's wrapper around it."""
+    failures = getattr(error, "worker_failures", None)  # WorkerGroupError: rank -> the worker's exception
+    if failures:
+        rank, cause = min(failures.items())
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        return f"{type(error).__name__}: rank {rank}: {lines[-1] if lines else type(cause).__name__}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def _print_progress(queue, stop: threading.Event, echo) -> None:

@@ -25,6 +25,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from distgan import storage
 from distgan.core import loop
 from distgan.core.stopping import TrialMonitor, ranking_eval
 from distgan.data import DataInfo
@@ -50,9 +51,9 @@ class TuneSession:
     def prepare_model(self, model):
         return model.to(self.device)
 
-    def latest_checkpoint(self) -> Path | None:
+    def latest_checkpoint(self) -> str | None:
         ckpt = tune.get_checkpoint()
-        return Path(ckpt.to_directory()) if ckpt else None
+        return storage.uri(ckpt.filesystem, ckpt.path) if ckpt else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
@@ -280,7 +281,7 @@ def trial_rows(
         reason = reasons.get(trial_id) or (
             reason_without_stopper(m, total_steps, search.scheduler) if result.error is None else "failed"
         )
-        saved = [_eval(cm, c.path) for c, cm in result.best_checkpoints or []]
+        saved = [_eval(cm, storage.uri(c.filesystem, c.path)) for c, cm in result.best_checkpoints or []]
         saved += [e for e in (evals or {}).get(trial_id, []) if e["checkpoint"]]
         ranked = ranking_eval(saved, search.metric, search.mode)
         metrics = {k: v for k, v in (ranked or _eval(m, None)).items() if k not in ("step", "checkpoint")}

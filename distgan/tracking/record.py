@@ -9,6 +9,10 @@ After a resume from the checkpoint of step S, `metrics.jsonl` is cut back to ste
 (`truncate_after`) and the replayed steps are written again: it holds the trajectory that was
 trained, each step once. MLflow cannot delete metric points, so there a step is recorded once:
 replayed steps keep the values the dead attempt sent, and series have neither gaps nor duplicates.
+
+A record in object storage (`s3://...`: the run's `train.storage_path`) is written to a local staging
+directory and each file is uploaded whole as soon as it changes, so the record in storage is never
+behind the run's checkpoints and a resume on another machine continues it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from distgan import storage
 from distgan.tracking.client import mlflow_client
 
 FLUSH_ENV = "DISTGAN_TRACKING_FLUSH_S"
@@ -34,7 +41,7 @@ SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRI
 class RecordTarget:
     """Where a run's record goes; travels to the Ray worker, where rank 0 `open`s it."""
 
-    dir: str
+    dir: str  # a local directory or a URI
     tracking_uri: str | None = None
     run_id: str | None = None
     system_metrics: bool = False  # MLflow's system metrics (CPU, memory, disk, network, GPU) of rank 0's node
@@ -143,12 +150,17 @@ def _describe(e: Exception) -> str:
 
 
 class RunRecord:
-    """Rank 0's writer: `<dir>/metrics.jsonl`, `<dir>/images/` and, when given, the MLflow run."""
+    """Rank 0's writer: `<dir>/metrics.jsonl`, `<dir>/images/` and, when given, the MLflow run.
+    `run_dir` in object storage: written here in a staging directory (`self.dir`) and uploaded."""
 
     def __init__(self, run_dir: str | Path, tracking: dict | None = None, warn=print, system_metrics: bool = False):
-        self.dir = Path(run_dir)
+        self.location = str(run_dir)
+        self.remote = storage.is_remote(self.location)
+        self.dir = Path(tempfile.mkdtemp(prefix="distgan-record-")) if self.remote else Path(run_dir)
         (self.dir / "images").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
+        if self.remote and (rows := storage.read_optional(storage.join(self.location, self.metrics_path.name))):
+            self.metrics_path.write_bytes(rows)  # a resume, maybe on another machine, continues it
         self.last_local_step = max((r["step"] for r in self.metric_history()), default=0)
         self.sender = None
         if tracking:  # everything MLflow (import, client, history) happens on the sender's thread
@@ -158,12 +170,14 @@ class RunRecord:
 
     def log_spec(self, spec: dict) -> None:
         (self.dir / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        self._upload("spec.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if step > self.last_local_step:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
             self.last_local_step = step
+            self._upload(self.metrics_path.name)
         if self.sender:
             self.sender.put("metrics", (step, dict(metrics), int(time.time() * 1000)))
 
@@ -175,6 +189,7 @@ class RunRecord:
             tmp = self.metrics_path.with_suffix(".jsonl.tmp")  # replaced whole: a crash leaves the old or the new
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             tmp.replace(self.metrics_path)
+            self._upload(self.metrics_path.name)
         self.last_local_step = min(self.last_local_step, step)
 
     def log_image(self, png: bytes, name: str, step: int | None = None) -> None:
@@ -182,6 +197,7 @@ class RunRecord:
         artifact under `samples/` when there is no step)."""
         path = self.dir / "images" / name
         path.write_bytes(png)
+        self._upload(f"images/{name}")
         if self.sender:
             self.sender.put(
                 *(("image", (str(path), step)) if step is not None else ("artifact", (str(path), "samples")))
@@ -197,9 +213,15 @@ class RunRecord:
         if self.monitor is not None:
             self.monitor.finish()  # its last samples are flushed
             self.monitor = None
-        if not self.sender:
-            return 0
-        return self.sender.close(float(os.environ.get(FLUSH_ENV, "300")))
+        undelivered = self.sender.close(float(os.environ.get(FLUSH_ENV, "300"))) if self.sender else 0
+        if self.remote:  # everything is in storage already
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return undelivered
+
+    def _upload(self, relative: str) -> None:
+        """The staged file `relative` to the record in object storage, whole (a no-op for a local record)."""
+        if self.remote:
+            storage.write(storage.join(self.location, relative), (self.dir / relative).read_bytes())
 
 
 def _system_monitor(tracking: dict, warn):
@@ -222,5 +244,6 @@ def _system_monitor(tracking: dict, warn):
 
 
 def read_spec(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / "spec.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else None
+    """The spec a run's record holds (`run_dir`: its `distgan/` directory, local or a URI), or None."""
+    text = storage.read_optional(storage.join(str(run_dir), "spec.yaml"))
+    return yaml.safe_load(text) if text is not None else None

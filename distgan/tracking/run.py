@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from distgan import __version__
+from distgan import __version__, storage
 from distgan.core import plots
 from distgan.data import DataInfo, files
 from distgan.metrics.names import is_quality
@@ -62,7 +62,7 @@ def open_run(
     uri: str,
     experiment: str,
     spec,
-    run_dir: Path,
+    run_dir: str | Path,
     tags: dict[str, str],
     info: DataInfo | None = None,
     command: str = "train",
@@ -79,9 +79,9 @@ def open_run(
     )
 
     client = mlflow_client(uri)
-    saved = run_dir / "distgan" / "mlflow.json"
-    if saved.exists():
-        previous = json.loads(saved.read_text())
+    saved = storage.join(str(run_dir), "distgan", "mlflow.json")  # with the run, wherever it is stored
+    if (text := storage.read_optional(saved)) is not None:
+        previous = json.loads(text)
         if previous["tracking_uri"] == uri:
             client.update_run(previous["run_id"], status=RunStatus.to_string(RunStatus.RUNNING))
             return previous["run_id"]
@@ -103,8 +103,7 @@ def open_run(
     params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flatten(spec).items()]
     client.log_batch(run_id, params=params)
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment_id": exp_id}))
+    storage.write(saved, json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment_id": exp_id}).encode())
     return run_id
 
 
@@ -215,7 +214,9 @@ class SearchRun:
         return RecordTarget(record_dir, self.uri, run.info.run_id)
 
 
-def open_search_run(uri: str, experiment: str, spec, run_dir: Path, search, info: DataInfo | None = None) -> SearchRun:
+def open_search_run(
+    uri: str, experiment: str, spec, run_dir: str | Path, search, info: DataInfo | None = None
+) -> SearchRun:
     """The search's parent run: the base job's params, the search's own (`search.*`)."""
     from mlflow.entities import Param
 
