@@ -86,12 +86,17 @@ def test_training_reads_parquet_from_object_storage(tmp_path, s3_server, monkeyp
     local = _labeled_parquet(tmp_path / "labeled.parquet", 4 * files.UNIT_ROWS)
     pq.write_table(pq.read_table(local), f"{bucket}/digits/part-0.parquet", row_group_size=files.UNIT_ROWS)
 
-    r, res = _train(
-        tmp_path, f"{bucket}/digits", "--workers", "1", "--name", "s3",
-        "--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
-    )  # fmt: skip
+    # data and run (checkpoints, record) both in the bucket; then a resume from there
+    in_bucket = ["--workers", "1", "--name", "s3", "--set", f"train.storage_path={bucket}/runs"]
+    every = ["--set", "train.eval_every=10", "--set", "train.checkpoint_every=10"]
+    r, res = _train(tmp_path, f"{bucket}/digits", *in_bucket, *every, "--set", "train.steps=20")
     assert r.returncode == 0, r.stderr[-3000:]
     assert res["status"] == "finished" and res["steps"] == 20 and res["metrics"]["data_skipped"] == 0
+    assert res["checkpoint"].startswith(f"{bucket}/runs/s3/checkpoint_")
+    r, res = _train(tmp_path, f"{bucket}/digits", *in_bucket, *every, "--set", "train.steps=30")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert res["status"] == "finished" and res["resumed_from"] == 20 and res["steps"] == 30
+    assert not (tmp_path / "s3:").exists()
 
     # a missing bucket or key: one line, exit 2, before Ray
     for where, message in [
