@@ -1,6 +1,6 @@
 """`distgan` command line: argument parsing only; every command calls the library.
 
-Exit codes: 0 ok, 2 bad input (spec, data, address), 1 runtime failure.
+Exit codes: 0 ok, 2 bad input (spec, data, address), 1 runtime failure, 130 / 143 a train stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -67,6 +68,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"mlflow run {result.mlflow_run_id} at {result.tracking_uri}{_registered(result)}")
     if result.error:
         print(result.error, file=sys.stderr)
+    if result.interrupted_by:  # the shell's code for a process ended by that signal
+        print(f"stopped by {result.interrupted_by}; run it again to resume from {result.checkpoint}", file=sys.stderr)
+        return 128 + signal.Signals[result.interrupted_by]
     return 0 if result.status == "finished" else 1
 
 
@@ -437,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"distgan {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"distgan {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
