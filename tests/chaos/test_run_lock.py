@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from conftest import read_json, run_cli
@@ -50,8 +52,7 @@ def _train(tmp_path, *extra: str, ray_tmp=None) -> subprocess.CompletedProcess:
 def test_second_train_of_a_name_is_refused_before_ray_starts(tmp_path):
     holder = _holder(tmp_path / NAME)
     try:
-        ray_tmp = tmp_path / "ray"
-        ray_tmp.mkdir()
+        ray_tmp = Path(tempfile.mkdtemp(prefix="dgl-", dir="/tmp"))  # short: Ray's socket paths
         t0 = time.monotonic()
         r = _train(tmp_path, "--workers", "1", "--set", "train.steps=10", ray_tmp=ray_tmp)  # short if not refused
         refused_s = time.monotonic() - t0
