@@ -253,6 +253,8 @@ def _tracking_server(args: argparse.Namespace) -> int:
         artifacts_destination=args.artifacts_destination,
         allowed_hosts=args.allowed_hosts,
         workers=args.workers,
+        auth=args.auth,
+        insecure=args.insecure,
     )
     return 0  # not reached: the server replaces this process
 
@@ -414,6 +416,10 @@ def parser() -> argparse.ArgumentParser:
         help="Host headers to accept beyond localhost and private IPs, e.g. mlflow.example.com,HEAD:5000",
     )
     ts.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    ts.add_argument(
+        "--auth", action="store_true", help="users and passwords (MLflow's basic-auth; set MLFLOW_AUTH_ADMIN_PASSWORD)"
+    )
+    ts.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --auth")
     ts.set_defaults(fn=_tracking_server)
     return p
 
