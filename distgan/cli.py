@@ -1,6 +1,6 @@
 """`distgan` command line: argument parsing only; every command calls the library.
 
-Exit codes: 0 ok, 2 bad input (spec, data, address), 1 runtime failure.
+Exit codes: 0 ok, 2 bad input (spec, data, address), 1 runtime failure, 130 / 143 a train stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -67,6 +68,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"mlflow run {result.mlflow_run_id} at {result.tracking_uri}{_registered(result)}")
     if result.error:
         print(result.error, file=sys.stderr)
+    if result.interrupted_by:  # the shell's code for a process ended by that signal
+        print(f"stopped by {result.interrupted_by}; run it again to resume from {result.checkpoint}", file=sys.stderr)
+        return 128 + signal.Signals[result.interrupted_by]
     return 0 if result.status == "finished" else 1
 
 
@@ -272,6 +276,8 @@ def _tracking_server(args: argparse.Namespace) -> int:
         artifacts_destination=args.artifacts_destination,
         allowed_hosts=args.allowed_hosts,
         workers=args.workers,
+        auth=args.auth,
+        insecure=args.insecure,
     )
     return 0  # not reached: the server replaces this process
 
@@ -471,6 +477,10 @@ def parser() -> argparse.ArgumentParser:
         help="Host headers to accept beyond localhost and private IPs, e.g. mlflow.example.com,HEAD:5000",
     )
     ts.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    ts.add_argument(
+        "--auth", action="store_true", help="users and passwords (MLflow's basic-auth; set MLFLOW_AUTH_ADMIN_PASSWORD)"
+    )
+    ts.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --auth")
     ts.set_defaults(fn=_tracking_server)
     return p
 
@@ -498,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"distgan {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"distgan {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -104,10 +104,11 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` on a loopback port, with lean settings (one worker, no job execution); stopped by PID."""
+    """A real `mlflow server` on a loopback port, with lean settings (one worker, no job execution); stopped by PID.
+    With `admin_password`, MLflow's basic-auth app, its users in `root` (user `admin`)."""
 
-    def __init__(self, root: Path, port: int | None = None):
-        self.root, self.port = Path(root), port or free_port()
+    def __init__(self, root: Path, port: int | None = None, admin_password: str | None = None):
+        self.root, self.port, self.admin_password = Path(root), port or free_port(), admin_password
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -131,6 +132,14 @@ class MlflowServer:
             "1",
         ]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        if self.admin_password:
+            ini = self.root / "basic_auth.ini"
+            ini.write_text(
+                f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{self.root}/basic_auth.db\n"
+                f"admin_username = admin\nadmin_password = {self.admin_password}\n"
+            )
+            cmd += ["--app-name", "basic-auth"]
+            env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True
         )

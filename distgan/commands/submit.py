@@ -107,6 +107,7 @@ def job_env(sub: Submission, address: str, uses_token: bool) -> dict[str, str]:
                 "--tracking-uri http://HEAD_PRIVATE_IP:5000"
             )
         env["MLFLOW_TRACKING_URI"] = uri
+        env |= tracking_client.credentials_env()  # the submitting shell's login to the tracking server
     return env
 
 

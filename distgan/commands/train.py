@@ -3,14 +3,17 @@ logged and (when asked) registered."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from distgan import storage
-from distgan.commands import preflight
+from distgan.commands import preflight, run_lock
 from distgan.core import checkpoint
 from distgan.data import DataInfo
 from distgan.errors import InputError
@@ -28,7 +31,7 @@ from distgan.tracking.run import TrackingOptions
 class TrainResult:
     """The outcome of a training run; `to_json()` is the `--json-out` document (see README)."""
 
-    status: str  # finished | diverged | failed
+    status: str  # finished | diverged | failed | killed
     name: str
     run_dir: str
     workers: int
@@ -50,6 +53,7 @@ class TrainResult:
     ranks_in_sync: bool | None = None
     param_digests: list = field(default_factory=list)
     node_ids: list = field(default_factory=list)
+    interrupted_by: str | None = None  # SIGINT | SIGTERM: what stopped a killed run
 
     def to_json(self) -> dict:
         doc = dataclasses.asdict(self)
@@ -70,7 +74,7 @@ def train(
     run_dir = _run_dir(spec)
     storage.check_storage(run_dir)
     preflight.check_resume(spec, run_dir)
-    with ray_train.ray_session(address):
+    with run_lock.hold(run_dir, spec.train.name), ray_train.ray_session(address):
         if address is not None:
             _check_joined_cluster(spec, address, uri)
         if info.kind == "image" and preflight.feature_net_name(spec, info) is None:
@@ -83,11 +87,45 @@ def train(
         )
         target = RecordTarget(storage.join(run_dir, "distgan"), uri, run_id, tracking.system_metrics)
         datasets = ray_data.datasets(spec.data, info, _resume_salt(run_dir))
-        fit, error, wall = ray_train.fit_with_progress(spec, info, target, run_dir.rsplit("/", 1)[0], echo, datasets)
-    result = _result(spec, run_dir, fit, error, wall, uri, run_id)
-    if run_id:
-        _finish_tracking(result, spec, info, tracking, echo)
+        with _stop_on_signals(echo) as stop:
+            fit, error, wall = ray_train.fit_with_progress(
+                spec, info, target, run_dir.rsplit("/", 1)[0], echo, datasets, stop.event
+            )
+        result = _result(spec, run_dir, fit, error, wall, uri, run_id)
+        result.interrupted_by = stop.signal_name if result.status == "killed" else None
+        if run_id:  # still under the run's lock: a second run of this name would reopen this MLflow run
+            _finish_tracking(result, spec, info, tracking, echo)
     return result
+
+
+@dataclass
+class _Stop:
+    event: threading.Event = field(default_factory=threading.Event)
+    signal_name: str | None = None
+
+
+@contextlib.contextmanager
+def _stop_on_signals(echo):
+    """Ctrl-C or SIGTERM asks the run to checkpoint and stop (status killed); a second one ends the
+    process at once, as Ctrl-C twice does for Ray's and PyTorch's users. Main thread only (Python's rule)."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.event.is_set():
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+        stop.signal_name = signal.Signals(signum).name
+        stop.event.set()
+        echo(f"{stop.signal_name}: checkpointing and stopping (send it again to stop at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _run_dir(spec: JobSpec) -> str:

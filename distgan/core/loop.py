@@ -42,6 +42,7 @@ class Session(Protocol):
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
     def data_shard(self): ...
     def progress(self, line: str) -> None: ...
+    def stop_requested(self) -> bool: ...  # the driver was asked to stop (Ctrl-C, SIGTERM)
 
 
 class Recorder(Protocol):
@@ -93,6 +94,9 @@ class LocalSession:
     def progress(self, line: str) -> None:
         if self.echo:
             self.echo(line)
+
+    def stop_requested(self) -> bool:
+        return False
 
 
 def _maybe_fail(step: int, rank: int) -> None:
@@ -181,8 +185,10 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
                 session.progress(f"step {step}: {error}")
             break
 
+        # Asked to stop (the driver got Ctrl-C or SIGTERM): checkpoint this step and end, status killed
+        stop = step % STOP_CHECK_EVERY == 0 and any_rank(session.stop_requested(), device)
         evaluate = step % t.eval_every == 0 or step == t.steps
-        save = step % t.checkpoint_every == 0 or step == t.steps
+        save = step % t.checkpoint_every == 0 or step == t.steps or stop
         if not (evaluate or save):
             continue
         elapsed = time.perf_counter() - interval_start
@@ -209,11 +215,17 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         unhealthy = evaluate and t.stop_on_failure and any_rank(health is not None and health.report() != "ok", device)
         if diverged or unhealthy:
             status = "diverged"
+        elif stop:
+            status = "killed"
         _report(session, eng, step, metrics, save and not diverged, rank, spec)  # keep the last good one
         if diverged or unhealthy:
             if is_chief:
                 why = "loss or gradient is NaN/Inf" if diverged else "a health signal fired (train.stop_on_failure)"
                 session.progress(f"step {step}: {why}; stopping (status diverged)")
+            break
+        if stop:
+            if is_chief:
+                session.progress(f"step {step}: stop requested; checkpoint saved, stopping (status killed)")
             break
         totals, interval_start, interval_steps = {}, time.perf_counter(), 0
 
@@ -258,6 +270,7 @@ def _new_signals(health: HealthMonitor | None, step: int, metrics: dict) -> list
 
 CONV_ARCHS = ("dcgan", "resnet")
 DATA_CHECK_EVERY = 20  # steps between the checks for a bad row of user data (one tiny all-reduce)
+STOP_CHECK_EVERY = 10  # steps between the checks for a stop request (one actor call on rank 0, one tiny all-reduce)
 
 
 def choose_precision(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> str:

@@ -116,13 +116,13 @@ def check_cluster_gpus(spec: JobSpec, address: str | None) -> None:
 class RaySession:
     """`loop.Session` inside a Ray Train worker."""
 
-    def __init__(self, progress_queue, uses_ray_data: bool):
+    def __init__(self, progress_queue, uses_ray_data: bool, stop_queue=None):
         self.uses_ray_data = uses_ray_data  # the trainer was given a "train" dataset (Parquet, image folder)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.node_id = ray.get_runtime_context().get_node_id()
-        self._queue = progress_queue
+        self._queue, self._stop = progress_queue, stop_queue
 
     def prepare_model(self, model):
         # BatchNorm buffers stay per-rank after init: syncing them on every forward costs a
@@ -146,6 +146,10 @@ class RaySession:
         if self._queue is not None:
             self._queue.put_nowait(line)
 
+    def stop_requested(self) -> bool:
+        # Rank 0 asks the driver's stop queue (one actor call); the loop shares its answer with all ranks.
+        return self.rank == 0 and self._stop is not None and not self._stop.empty()
+
 
 def train_loop_per_worker(config: dict) -> dict:
     # R1's double backward leaves D's last weight grad with transposed strides: DDP copies that
@@ -156,7 +160,7 @@ def train_loop_per_worker(config: dict) -> dict:
     # torch's default (one per core) oversubscribes the machine and stalls gloo all-reduces.
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     info = DataInfo(**config["data_info"])
-    session = RaySession(config["progress"], info.uses_ray_data)
+    session = RaySession(config["progress"], info.uses_ray_data, config.get("stop"))
     # The record target is opaque here (it comes from the tracking layer): rank 0 opens it.
     record = config["record"].open(session.progress) if session.rank == 0 and config["record"] else None
     return loop.run(spec, info, session, record)
@@ -171,11 +175,13 @@ def build_torch_trainer(
     datasets=None,
     callbacks=(),
     keep_best: tuple[str, str] | None = None,
+    stop=None,
 ) -> TorchTrainer:
     """The TorchTrainer of one training run: `spec.scaling` workers running the loop, checkpoints
     (the two newest, or with `keep_best=(metric, "max"|"min")` the two best by that metric, and
     always the newest) and worker-group restarts (`train.max_failures`) under `storage_path/<name>`.
-    `record`: where rank 0 records (a `RecordTarget`), or None."""
+    `record`: where rank 0 records (a `RecordTarget`), or None; `stop`: a Ray `Queue` whose first item
+    asks the workers to checkpoint and stop (status killed)."""
     s = spec.scaling
     metric, order = keep_best or (None, "max")
     cpus = (
@@ -188,6 +194,7 @@ def build_torch_trainer(
             "data_info": info.__dict__,
             "record": record,
             "progress": progress,
+            "stop": stop,
         },
         scaling_config=ScalingConfig(
             num_workers=s.workers,
@@ -210,23 +217,37 @@ def build_torch_trainer(
     )
 
 
-def fit_with_progress(spec: JobSpec, info: DataInfo, record, storage_path: str, echo, datasets=None):
-    """Fit the run's TorchTrainer while rank 0's progress lines are echoed here.
-    Returns (Ray's Result or None, the exception that ended it or None, wall seconds)."""
+def fit_with_progress(
+    spec: JobSpec, info: DataInfo, record, storage_path: str, echo, datasets=None, stop: threading.Event | None = None
+):
+    """Fit the run's TorchTrainer while rank 0's progress lines are echoed here. `stop`, once set (by a
+    signal handler of the caller), reaches the workers, which checkpoint and end with status killed.
+    Returns (Ray's Result or None, the exception that ended it or None, wall seconds).
+
+    The fit runs in a thread: Ray Train takes over SIGINT when fit() runs in the main thread (and
+    aborts the run without a checkpoint), so the main thread, free for the caller's handlers, echoes."""
     progress = Queue(actor_options={"num_cpus": 0})
-    trainer = build_torch_trainer(spec, info, record, storage_path, progress, datasets)
-    stop = threading.Event()
-    printer = threading.Thread(target=_print_progress, args=(progress, stop, echo), daemon=True)
-    printer.start()
+    stop_queue = Queue(actor_options={"num_cpus": 0}) if stop is not None else None
+    trainer = build_torch_trainer(spec, info, record, storage_path, progress, datasets, stop=stop_queue)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as e:  # TrainingFailedError: retries exhausted
+            outcome["error"] = e
+
+    fitting = threading.Thread(target=fit, daemon=True)
     t0 = time.perf_counter()
-    try:
-        return trainer.fit(), None, time.perf_counter() - t0
-    except Exception as e:  # TrainingFailedError: retries exhausted
-        return None, e, time.perf_counter() - t0
-    finally:
-        time.sleep(0.6)  # let the printer drain the last lines
-        stop.set()
-        printer.join()
+    fitting.start()
+    forwarded = False
+    while fitting.is_alive() or not progress.empty():
+        if stop is not None and stop.is_set() and not forwarded:
+            stop_queue.put_nowait(True)
+            forwarded = True
+        with contextlib.suppress(Exception):  # queue.Empty
+            echo(progress.get(timeout=0.5))
+    return outcome.get("result"), outcome.get("error"), time.perf_counter() - t0
 
 
 def failure_line(error: Exception) -> str:
@@ -238,11 +259,3 @@ def failure_line(error: Exception) -> str:
         lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
         return f"{type(error).__name__}: rank {rank}: {lines[-1] if lines else type(cause).__name__}"
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-
-
-def _print_progress(queue, stop: threading.Event, echo) -> None:
-    while not stop.is_set():
-        try:
-            echo(queue.get(timeout=0.5))
-        except Exception:  # queue.Empty, or the queue actor already gone at shutdown
-            pass

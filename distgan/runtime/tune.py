@@ -64,6 +64,9 @@ class TuneSession:
     def progress(self, line: str) -> None:
         pass  # the search prints one line per ended trial instead
 
+    def stop_requested(self) -> bool:
+        return False  # a search is stopped through Tune
+
 
 def trial_spec(base: dict, config: dict) -> JobSpec:
     """A trial's job spec: the base with `config` applied, checkpointing at every eval and only then

@@ -17,6 +17,14 @@ MLFLOW_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
+# A tracking server's login (`distgan tracking-server --auth`): MLflow's client reads these. They go
+# to jobs only through their env, never into params, tags or logs.
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def credentials_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
+
 
 def configure_env() -> None:
     for key, value in MLFLOW_ENV.items():

@@ -51,6 +51,8 @@ def check_uri(uri: str, tracking_uri: str) -> str:
         registry.require_version(client, m["name"], version=m["version"], alias=m["alias"])
         return uri
     r = RUN_URI.match(uri)
+    if r and ".." in r["path"].split("/"):
+        raise InputError(f"model URI {uri!r} climbs out of its run with '..'; name an artifact inside the run")
     if r:
         try:
             mlflow_client(tracking_uri).get_run(r["run_id"])

@@ -183,7 +183,9 @@ def close_run(uri: str, run_id: str, status: str) -> None:
         series = {k: sorted(v) for k, v in series.items() if v}
         if series:
             client.log_image(run_id, Image.open(io.BytesIO(plots.curves_png(series, name))), f"curves/{name}.png")
-    client.set_terminated(run_id, {"finished": "FINISHED", "diverged": "FAILED"}.get(status, "FAILED"))
+    client.set_terminated(
+        run_id, {"finished": "FINISHED", "diverged": "FAILED", "killed": "KILLED"}.get(status, "FAILED")
+    )
 
 
 @dataclass(frozen=True)
