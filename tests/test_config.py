@@ -117,7 +117,6 @@ def test_version_flag(tmp_path):
 @pytest.mark.parametrize("data", ["grid25", "stacked_digits"])
 def test_conditional_on_unlabeled_data_exits_2_before_ray(tmp_path, data):
     arch = "mlp" if data == "grid25" else "dcgan"
-    t0 = time.perf_counter()
     sets = [f"data.name={data}", f"model.arch={arch}", "model.conditional=true", f"train.storage_path={tmp_path}"]
     r = run_cli("train", *[a for s in sets for a in ("--set", s)], "--no-tracking", cwd=tmp_path)
     assert r.returncode == 2
@@ -125,7 +124,7 @@ def test_conditional_on_unlabeled_data_exits_2_before_ray(tmp_path, data):
         f"distgan train: error: model.conditional needs labeled data: {data} has no class labels; "
         "set data.label_column or use digits"
     )
-    assert time.perf_counter() - t0 < 30 and list(tmp_path.iterdir()) == []  # no Ray, nothing written
+    assert list(tmp_path.iterdir()) == []  # refused before Ray started: nothing written
 
 
 def test_a_run_recorded_before_model_conditional_existed_resumes(tmp_path):
