@@ -50,8 +50,8 @@ def test_discriminator_statistics_are_means_over_the_critic_steps():
     eng = _engine(optim={"n_critic": 3, "lr_d": 1e-2})
     seen, d_step = [], eng.d_step
 
-    def recorded(real):
-        seen.append(d_step(real))
+    def recorded(real, labels=None):
+        seen.append(d_step(real, labels))
         return seen[-1]
 
     eng.d_step = recorded
