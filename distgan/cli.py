@@ -140,10 +140,12 @@ def _models(args: argparse.Namespace) -> int:
 def _pull(args: argparse.Namespace) -> int:
     from distgan.tracking import hub
 
-    result = hub.pull(args.model_uri, args.n, args.seed, args.out, args.format or ["png", "npy"], args.tracking_uri)
+    formats = args.format or ["png", "npy"]
+    result = hub.pull(args.model_uri, args.n, args.seed, args.out, formats, args.tracking_uri, args.class_id)
     _write_json(args.json_out, result)
+    of_class = f" of class {result['class']}" if result["class"] is not None else ""
     print(
-        f"{result['n']} samples of shape {tuple(result['sample_shape'])} from {args.model_uri}: "
+        f"{result['n']} samples{of_class} of shape {tuple(result['sample_shape'])} from {args.model_uri}: "
         f"{', '.join(result['files'])}"
     )
     return 0
@@ -366,6 +368,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p_.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p_.add_argument("--seed", type=int, default=0)
+    p_.add_argument(
+        "--class",
+        dest="class_id",
+        type=int,
+        metavar="K",
+        help="class-conditional models: samples of class K (default: classes drawn uniformly)",
+    )
     p_.add_argument("--out", default="samples", help="output directory (default ./samples)")
     p_.add_argument(
         "--format", action="append", choices=["png", "npy", "parquet"], help="repeatable (default: png and npy)"

@@ -112,3 +112,33 @@ def test_version_flag(tmp_path):
 
     r = run_cli("--version", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == f"distgan {distgan.__version__}"
+
+
+@pytest.mark.parametrize("data", ["grid25", "stacked_digits"])
+def test_conditional_on_unlabeled_data_exits_2_before_ray(tmp_path, data):
+    arch = "mlp" if data == "grid25" else "dcgan"
+    sets = [f"data.name={data}", f"model.arch={arch}", "model.conditional=true", f"train.storage_path={tmp_path}"]
+    r = run_cli("train", *[a for s in sets for a in ("--set", s)], "--no-tracking", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"distgan train: error: model.conditional needs labeled data: {data} has no class labels; "
+        "set data.label_column or use digits"
+    )
+    assert list(tmp_path.iterdir()) == []  # refused before Ray started: nothing written
+
+
+def test_a_run_recorded_before_model_conditional_existed_resumes(tmp_path):
+    import yaml
+
+    from distgan.commands import preflight
+
+    spec = load_spec(None, [f"train.storage_path={tmp_path}", "train.name=old"])
+    recorded = spec.model_dump(mode="json")
+    del recorded["model"]["conditional"]  # what spec.yaml held before the key existed
+    (tmp_path / "old" / "distgan").mkdir(parents=True)
+    (tmp_path / "old" / "distgan" / "spec.yaml").write_text(yaml.safe_dump(recorded))
+    preflight.check_resume(spec, tmp_path / "old")  # the same unconditional model: no error
+    with pytest.raises(InputError, match="different model section"):
+        preflight.check_resume(
+            spec.model_copy(update={"model": spec.model.model_copy(update={"conditional": True})}), tmp_path / "old"
+        )

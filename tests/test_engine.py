@@ -50,8 +50,8 @@ def test_discriminator_statistics_are_means_over_the_critic_steps():
     eng = _engine(optim={"n_critic": 3, "lr_d": 1e-2})
     seen, d_step = [], eng.d_step
 
-    def recorded(real):
-        seen.append(d_step(real))
+    def recorded(real, labels=None):
+        seen.append(d_step(real, labels))
         return seen[-1]
 
     eng.d_step = recorded
@@ -335,3 +335,65 @@ def test_compile_runs_or_falls_back_cleanly_on_cpu():
     assert engine.all_finite(got)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+# --- class-conditional models: the labels of each real batch go with its fakes ---
+
+
+def _conditional_engine(arch="resnet", policy=(), **sections) -> engine.Engine:
+    model = {"arch": arch, "latent_dim": 4, "base_channels": 4, "conditional": True}
+    tree = {"data": {"name": "digits"}, "model": model, "augment": {"policy": list(policy)}, **sections}
+    spec = JobSpec.model_validate(tree)
+    torch.manual_seed(0)
+    G, D = models.build(spec.model, (1, 16, 16), num_classes=10)
+    cpu = torch.device("cpu")
+    return engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, cpu, augment_policy=spec.augment.policy)
+
+
+def _labels(n=8):
+    return torch.arange(n) % 10
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan", "resnet"])
+@pytest.mark.parametrize(
+    "loss", [{"type": "nonsaturating", "r1": 1.0}, {"type": "rpgan", "r1": 1.0, "r2": 1.0}, {"type": "wgan_gp"}]
+)
+def test_conditional_step_with_labels_trains_the_class_embeddings(arch, loss):
+    eng = _conditional_engine(arch, ("translation", "cutout"), loss=loss, optim={"n_critic": 2})
+    g0, d0 = eng.G.class_embed.weight.clone(), eng.D.class_embed.weight.clone()
+    stats = eng.step([_images(), _images()], [_labels(), _labels().flip(0)])
+    assert engine.all_finite(stats)
+    assert {"loss_d", "loss_g"} <= set(stats) and set(loss) - {"type"} <= set(stats)
+    assert not torch.equal(eng.G.class_embed.weight, g0) and not torch.equal(eng.D.class_embed.weight, d0)
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "rpgan", "wgan_gp"])
+def test_fakes_take_the_labels_of_their_real_batch(loss):
+    eng = _conditional_engine(loss={"type": loss})
+    g_labels, d_labels = [], []
+    eng.G.register_forward_hook(lambda m, args, out: g_labels.append(args[1].clone()))
+    eng.D.register_forward_hook(lambda m, args, out: d_labels.append(args[1].clone()))
+    y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    eng.step([_images()], [y])
+    assert [g.tolist() for g in g_labels] == [y.tolist()] * 2  # the D step's fakes, then the G step's
+    copies = 3 if loss == "wgan_gp" else 2  # real, fake (, interpolates): each sample with its class
+    assert torch.equal(d_labels[0], y.repeat(copies))
+    assert torch.equal(d_labels[1], y.repeat(2) if loss == "rpgan" else y)
+
+
+def test_conditional_r1_is_the_input_gradient_of_d_at_the_real_images_and_labels():
+    eng = _conditional_engine(loss={"type": "nonsaturating", "r1": 1.0})
+    D_before, real, y = copy.deepcopy(eng.D), _images(), _labels()
+    stats = eng.d_step(real, y)
+    x = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D_before(x, y).sum(), x)
+    assert float(stats["r1"]) == pytest.approx(grad.pow(2).flatten(1).sum(1).mean().item(), rel=1e-5)
+
+
+def test_sample_draws_the_classes_it_is_given():
+    eng = _conditional_engine()
+    classes = engine.random_classes(500, 10, seed=3)
+    assert torch.equal(classes, engine.random_classes(500, 10, seed=3)) and set(classes.tolist()) == set(range(10))
+    a = engine.sample(eng.G_ema, 6, 4, torch.device("cpu"), seed=1, classes=torch.tensor([0, 0, 0, 7, 7, 7]))
+    b = engine.sample(eng.G_ema, 6, 4, torch.device("cpu"), seed=1, classes=torch.tensor([0, 0, 0, 0, 0, 0]))
+    assert torch.equal(a[:3], b[:3]) and not torch.equal(a[3:], b[3:])  # same latents, another class

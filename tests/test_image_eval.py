@@ -215,3 +215,68 @@ def test_stacked_digits_count_1000_modes_and_the_final_eval_draws_25600():
     assert names.rank_key("image", final) > names.rank_key("image", collapsed)
     assert names.headline_metric("image", None, "stacked_digits") == "modes"
     assert not names.lower_is_better("modes")
+
+
+class RealDigitsOfClass(torch.nn.Module):
+    """A class-conditional 'generator' that returns a real digit of the class asked for (or, with
+    `shuffled`, of a class drawn at random: one that ignores its class)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, shuffled: bool = False):
+        super().__init__()
+        if shuffled:
+            labels = np.random.default_rng(0).permutation(labels)
+        self.pools = [torch.from_numpy(images[labels == k]) for k in range(10)]
+
+    def forward(self, z, y):
+        idx = (z[:, 0].abs() * 1e6).long()
+        return torch.stack([self.pools[k][i % len(self.pools[k])] for k, i in zip(y.tolist(), idx.tolist())])
+
+
+def test_class_accuracy_of_real_digits_is_the_classifiers_accuracy_and_of_shuffled_ones_a_tenth():
+    from distgan.data.builtin import digits_array, digits_labels
+    from distgan.metrics.image import class_accuracy
+
+    x, y = digits_array(), digits_labels()
+    predicted = features.load("digits").predict(torch.from_numpy(x))
+    per_class = np.mean([(predicted[y == k] == k).mean() for k in range(10)])
+    assert class_accuracy(y, predicted) == pytest.approx(per_class) and per_class > 0.98
+    assert class_accuracy(np.random.default_rng(0).permutation(y), predicted) == pytest.approx(0.1, abs=0.03)
+    assert class_accuracy(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0])) == 0.5  # each class counts once
+
+    # The Evaluator of a conditional job: classes drawn uniformly, each sample judged against its own.
+    spec = config.load_spec(config.JOBS_DIR / "digits-conditional.yaml", ["train.eval_samples=2000"])
+    ev = Evaluator(spec, data.inspect(spec.data), torch.device("cpu"))
+    right = ev.image_metrics(RealDigitsOfClass(x, y), 2000, seed=0)
+    wrong = ev.image_metrics(RealDigitsOfClass(x, y, shuffled=True), 2000, seed=0)
+    assert right["class_accuracy"] == pytest.approx(per_class, abs=0.01)
+    assert wrong["class_accuracy"] == pytest.approx(0.1, abs=0.03)
+    assert right["classes_covered"] == wrong["classes_covered"] == 1.0  # coverage alone cannot tell them apart
+    unconditional = _digits_evaluator().image_metrics(RealDigits(x), 500, seed=0)
+    assert "class_accuracy" not in unconditional
+
+
+def test_a_conditional_run_records_one_row_of_samples_per_class():
+    from PIL import Image
+
+    from distgan.data.builtin import digits_array, digits_labels
+
+    spec = config.load_spec(config.JOBS_DIR / "digits-conditional.yaml", ["metrics.feature_net=none"])
+    ev = Evaluator(spec, data.inspect(spec.data), torch.device("cpu"))
+    images = []
+    ev.evaluate(RealDigitsOfClass(digits_array(), digits_labels()), 10, final=False, record=_Images(images))
+    (png,) = images
+    grid = np.asarray(Image.open(__import__("io").BytesIO(png)))
+    # 10 rows (classes) of 8 columns of 8x8 images with 1-px gaps, upscaled 4x
+    assert grid.shape[:2] == ((10 * 9 + 1) * 4, (8 * 9 + 1) * 4)
+    net = digits_net.load()
+    cells = grid[4::4, 4::4][: 10 * 9].reshape(10, 9, -1, 9)[:, :8, :, :8].transpose(0, 2, 1, 3)
+    cells = torch.from_numpy(cells[:, :8].astype(np.float32) / 127.5 - 1).reshape(80, 1, 8, 8)
+    assert (net(cells).argmax(1).reshape(10, 8) == torch.arange(10)[:, None]).float().mean() > 0.9
+
+
+class _Images:
+    def __init__(self, out: list):
+        self.out = out
+
+    def log_image(self, png: bytes, name: str, step: int | None = None) -> None:
+        self.out.append(png)

@@ -151,3 +151,94 @@ def test_resnet_refuses_spectral_norm_and_point_data():
         ModelSpec(arch="resnet", spectral_norm=True)
     with pytest.raises(ValueError, match="model.arch=resnet makes images; ring8 is 2-D points"):
         JobSpec.model_validate({"data": {"name": "ring8"}, "model": {"arch": "resnet"}})
+
+
+# --- class conditioning (model.conditional): a class-embedded G and a projection D ---
+
+VECTOR_AND_IMAGE_SHAPES = [("mlp", (5,))] + [
+    (arch, (channels, size, size)) for arch in SPECS for size in (8, 28, 32) for channels in (1, 3)
+]
+
+
+@pytest.mark.parametrize("arch, shape", VECTOR_AND_IMAGE_SHAPES)
+@pytest.mark.parametrize("conditional", [False, True])
+def test_every_family_conditional_or_not_makes_judges_and_backpropagates(arch, shape, conditional):
+    torch.manual_seed(0)
+    spec = SPECS[arch].model_copy(update={"conditional": conditional})
+    G, D = models.build(spec, shape, num_classes=10)
+    y = torch.tensor([0, 3, 9]) if conditional else None
+    args = (y,) if conditional else ()
+    x = G(torch.randn(3, 8), *args)
+    assert x.shape == (3, *shape) and x.std() > 0
+    logits = D(torch.cat([x, torch.rand(3, *shape) * 2 - 1]), *((y.repeat(2),) if conditional else ()))
+    assert logits.shape == (6,)
+    logits.square().sum().backward()
+    for name, p in [*G.named_parameters(), *D.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    embeddings = [n for n, _ in [*G.named_parameters(), *D.named_parameters()] if "class_embed" in n]
+    assert len(embeddings) == (2 if conditional else 0)
+
+
+@pytest.mark.parametrize("arch", list(SPECS))
+def test_the_class_changes_the_sample_and_the_judgement(arch):
+    torch.manual_seed(0)
+    spec = SPECS[arch].model_copy(update={"conditional": True})
+    G, D = models.build(spec, (1, 8, 8), num_classes=10)
+    with torch.no_grad():  # a trained-looking projection: the untrained D's embedding is small but not zero
+        z = torch.randn(1, 8).repeat(2, 1)
+        a, b = G(z, torch.tensor([1, 2]))
+        assert not torch.allclose(a, b)
+        x = torch.rand(1, 1, 8, 8).repeat(2, 1, 1, 1)
+        d1, d2 = D(x, torch.tensor([1, 2]))
+        assert d1 != d2
+    with pytest.raises(ValueError, match="class-conditional: pass class ids"):
+        G(z)
+
+
+@pytest.mark.parametrize("arch", list(SPECS))
+def test_projection_d_is_the_plain_head_plus_the_class_inner_product(arch):
+    torch.manual_seed(0)
+    spec = SPECS[arch].model_copy(update={"conditional": True})
+    _, D = models.build(spec, (1, 8, 8), num_classes=10)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 9])
+    with torch.no_grad():
+        body = x.flatten(1) if arch == "mlp" else x
+        phi = D.net[:-1](body)
+        expected = D.net[-1](phi).flatten() + (D.class_embed.weight[y] * phi.flatten(1)).sum(1)
+        assert torch.allclose(D(x, y), expected, atol=1e-6)
+
+
+# Sums of G's and D's outputs and the parameter count of unconditional nets for a seed, computed with
+# the code from before class conditioning existed: checkpoints and seeded runs depend on them.
+BEFORE_CONDITIONING = {
+    "mlp": ((1, 8, 8), -2.3871204252, -0.4971393272, 2289),
+    "dcgan": ((3, 28, 28), -792.0025239064, -0.0513117146, 4976),
+    "resnet": ((3, 32, 32), -1356.3255543965, 1.0575900599, 55780),
+}
+
+
+@pytest.mark.parametrize("arch", list(BEFORE_CONDITIONING))
+def test_unconditional_nets_are_the_nets_from_before_conditioning(arch):
+    shape, g_sum, d_sum, count = BEFORE_CONDITIONING[arch]
+    torch.manual_seed(0)
+    G, D = models.build(SPECS[arch], shape, num_classes=10)  # ignored without model.conditional
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = G(z)
+        d = D(x)
+    assert x.double().sum().item() == pytest.approx(g_sum, abs=1e-6)
+    assert d.double().sum().item() == pytest.approx(d_sum, abs=1e-6)
+    assert sum(p.numel() for p in [*G.parameters(), *D.parameters()]) == count
+
+
+def test_unconditional_nets_are_unchanged_by_the_conditional_option():
+    spec = ModelSpec(arch="dcgan", latent_dim=8, base_channels=8)
+    torch.manual_seed(0)
+    G, D = models.build(spec, (1, 8, 8), num_classes=10)  # num_classes is ignored without model.conditional
+    assert not any("class_embed" in n for n, _ in [*G.named_parameters(), *D.named_parameters()])
+    torch.manual_seed(0)
+    G0, D0 = models.build(spec, (1, 8, 8))
+    z = torch.randn(2, 8)
+    assert torch.equal(G(z), G0(z)) and torch.equal(D(G(z)), D0(G0(z)))
+    with pytest.raises(ValueError, match="needs the number of classes"):
+        models.build(spec.model_copy(update={"conditional": True}), (1, 8, 8))

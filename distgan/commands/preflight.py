@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from distgan import data, models
 from distgan.data import DataInfo
 from distgan.errors import InputError
@@ -21,6 +23,11 @@ def check_job(spec: JobSpec) -> DataInfo:
     problem = models.check_compatible(spec.model, info.sample_shape)
     if problem:
         raise InputError(problem)
+    if spec.model.conditional and info.num_classes is None:
+        raise InputError(
+            f"model.conditional needs labeled data: {spec.data.name} has no class labels; "
+            "set data.label_column or use digits"
+        )
     if spec.augment.policy and len(info.sample_shape) != 3:
         shape, name = tuple(info.sample_shape), spec.data.name
         raise InputError(f"augment.policy is for images; {name} samples have shape {shape}: use augment.policy=[]")
@@ -46,11 +53,20 @@ def check_resume(spec: JobSpec, run_dir: str | Path) -> None:
         return
     now = spec.model_dump(mode="json")
     for section in ("data", "model"):
-        if previous.get(section) != now[section]:
+        if _with_defaults(spec, section, previous.get(section)) != now[section]:
             raise InputError(
                 f"run {spec.train.name!r} in {storage} was started with a different {section} section; "
                 f"set another train.name to start a new run"
             )
+
+
+def _with_defaults(spec: JobSpec, section: str, values: dict | None) -> dict | None:
+    """A recorded section with the keys added since it was written at their defaults (a run recorded
+    before `model.conditional` existed is the same unconditional model)."""
+    try:
+        return type(getattr(spec, section)).model_validate(values).model_dump(mode="json")
+    except ValidationError:
+        return values
 
 
 def feature_net_name(spec: JobSpec, info: DataInfo) -> str | None:
@@ -73,7 +89,8 @@ def check_search(spec: JobSpec, search: SearchSpec) -> DataInfo:
     data's headline metric) and its direction."""
     info = check_job(spec)
     net = feature_net_name(spec, info)
-    reported = names.reported(info.kind, net, classifies=features.choose(spec, info) == "digits", dataset=info.name)
+    classifies = features.choose(spec, info) == "digits"
+    reported = names.reported(info.kind, net, classifies, info.name, spec.model.conditional)
     if search.metric is None:
         search.metric = names.headline_metric(info.kind, net, info.name)
         if search.metric is None:

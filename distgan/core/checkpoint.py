@@ -126,6 +126,8 @@ def read_any(path: Path) -> dict:
 
 def generator(state: dict, model: ModelSpec, sample_shape: tuple[int, ...], which: str = "ema") -> torch.nn.Module:
     """The EMA (`which="ema"`) or raw generator a checkpoint's state holds."""
-    g, _ = models.build(model, sample_shape)
-    g.load_state_dict(state["engine"]["G_ema" if which == "ema" else "G"])
+    weights = state["engine"]["G_ema" if which == "ema" else "G"]
+    classes = weights["class_embed.weight"].shape[0] if model.conditional else None  # one row per class
+    g, _ = models.build(model, sample_shape, classes)
+    g.load_state_dict(weights)
     return g

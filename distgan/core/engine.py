@@ -17,6 +17,11 @@ With an `augment_policy` (DiffAugment), every batch D sees -- in both steps, rea
 taken through the augmentation, as DiffAugment's StyleGAN2 code does (R1 w.r.t. `reals`): the
 penalty then smooths D on the data itself, and the ops are differentiable, so this is exact.
 
+Class-conditional models (`labels` given to `step`): G(z, y) and D(x, y). The fakes of a step get the
+labels of that step's real batch, in the D step and in the G step, so the classes G is trained on
+keep the data's class balance and every real sample has a fake of its class beside it (rpgan's pairs,
+WGAN-GP's interpolates). Augmentation and R1/R2/GP act on the images alone; the labels pass unchanged.
+
 Precision (`precision`): fp32; bf16 autocast; or fp16 autocast with one `torch.amp.GradScaler` per
 optimizer (D steps `n_critic` times per G step, and a scaler allows one `step` per optimizer between
 `update`s). Under fp16 the R1/R2/GP input gradients are taken of the *scaled* logits and unscaled before
@@ -38,6 +43,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -165,10 +171,19 @@ class Engine:
     def _latents(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, device=self.device)
 
-    def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _generate(self, n: int, labels: torch.Tensor | None) -> torch.Tensor:
+        z = self._latents(n)
+        return self.G(z) if labels is None else self.G(z, labels)
+
+    def _judge(self, x: torch.Tensor, labels: torch.Tensor | None, copies: int) -> torch.Tensor:
+        """D's logits on `x` (augmented), a batch of `copies` stacked batches that share `labels`."""
+        x = augment.apply(x, self.augment_policy)
+        return self.D(x) if labels is None else self.D(x, labels.repeat(copies))
+
+    def d_step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         n, spec = real.shape[0], self.loss
         with torch.no_grad(), self._autocast():
-            fake = self.G(self._latents(n)).float()
+            fake = self._generate(n, labels).float()
         real = real.detach().requires_grad_(spec.r1 > 0)
         fake = fake.detach().requires_grad_(spec.r2 > 0)
         inputs = [real, fake]
@@ -176,7 +191,7 @@ class Engine:
             eps = torch.rand(n, *[1] * (real.dim() - 1), device=self.device)
             inputs.append(torch.lerp(real.detach(), fake.detach(), eps).requires_grad_(True))
         with self._autocast():
-            logits = self.D(augment.apply(torch.cat(inputs), self.augment_policy)).float()
+            logits = self._judge(torch.cat(inputs), labels, len(inputs)).float()
         parts = logits.split(n)
         loss = losses.d_loss(spec.type, parts[0], parts[1])
         real_logits, fake_logits = parts[0].detach(), parts[1].detach()
@@ -206,16 +221,16 @@ class Engine:
             stats["amp_skipped_d"] = skipped.float()
         return stats
 
-    def g_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One G update on as many fakes as `real` has samples; `real` itself reaches D only for
-        losses in `losses.G_NEEDS_REAL` (each fake is paired with one real)."""
+    def g_step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One G update on as many fakes as `real` has samples (of `real`'s classes when conditional);
+        `real` itself reaches D only for losses in `losses.G_NEEDS_REAL` (each fake is paired with one real)."""
         n, paired = real.shape[0], self.loss.type in losses.G_NEEDS_REAL
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                fake = self.G(self._latents(n)).float()
+                fake = self._generate(n, labels).float()
                 inputs = torch.cat([real.detach(), fake]) if paired else fake
-                logits = self.D(augment.apply(inputs, self.augment_policy)).float()
+                logits = self._judge(inputs, labels, 2 if paired else 1).float()
             loss = losses.g_loss(self.loss.type, logits[-n:], logits[:n] if paired else None)
             scale = self._scale(self.scaler_g)
             grad_norm, skipped = self._update(loss, self.opt_g, self.G.parameters(), self.scaler_g, scale)
@@ -227,25 +242,29 @@ class Engine:
             stats["amp_skipped_g"] = skipped.float()
         return stats
 
-    def step(self, real_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One generator step after `n_critic` discriminator steps (one real batch each).
+    def step(
+        self, real_batches: list[torch.Tensor], labels: list[torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One generator step after `n_critic` discriminator steps (one real batch each; `labels`: the
+        batches' class ids, for class-conditional models only).
 
         Returns detached scalar tensors (no host sync here; the loop reads them when it reports).
         D's statistics are means over the critic steps: the last one alone is the D most fitted to
         this G, and would overstate how far D is ahead.
         """
         assert len(real_batches) == self.n_critic, f"need {self.n_critic} real batches, got {len(real_batches)}"
+        labels = labels if labels is not None else [None] * len(real_batches)
         if self._eager is not None:
-            return self._first_compiled_step(real_batches)
-        return self._step(real_batches)
+            return self._first_compiled_step(real_batches, labels)
+        return self._step(real_batches, labels)
 
-    def _first_compiled_step(self, real_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _first_compiled_step(self, real_batches: list[torch.Tensor], labels: list) -> dict[str, torch.Tensor]:
         """The first step under torch.compile (where it compiles); where that fails, one warning, the
         state and RNG from before it put back, and the step again eager."""
         eager, self._eager = self._eager, None
         state, rng = copy.deepcopy(self.state_dict()), _rng_state(self.device)
         try:
-            return self._step(real_batches)
+            return self._step(real_batches, labels)
         except Exception as e:  # dynamo/inductor errors, a missing compiler, no double backward, ...
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             warnings.warn(
@@ -256,12 +275,12 @@ class Engine:
             self.G, self.D = eager
             self.load_state_dict(state)
             _set_rng_state(rng, self.device)
-            return self._step(real_batches)
+            return self._step(real_batches, labels)
 
-    def _step(self, real_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        d_stats = [self.d_step(real) for real in real_batches]
+    def _step(self, real_batches: list[torch.Tensor], labels: list) -> dict[str, torch.Tensor]:
+        d_stats = [self.d_step(real, y) for real, y in zip(real_batches, labels)]
         stats = {k: torch.stack([s[k] for s in d_stats]).mean() for k in d_stats[0]}
-        stats.update(self.g_step(real_batches[-1]))
+        stats.update(self.g_step(real_batches[-1], labels[-1]))
         return stats
 
     @torch.no_grad()
@@ -321,18 +340,34 @@ def all_finite(stats: dict[str, torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([v.float() for v in stats.values()])).all())
 
 
+def random_classes(n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """n class ids drawn uniformly, from their own RNG stream (not the latents' of the same seed)."""
+    return torch.from_numpy(np.random.default_rng([seed, 1]).integers(num_classes, size=n))
+
+
 @torch.no_grad()
 def sample(
-    generator: nn.Module, n: int, latent_dim: int, device: torch.device, seed: int, batch: int = 4096
+    generator: nn.Module,
+    n: int,
+    latent_dim: int,
+    device: torch.device,
+    seed: int,
+    batch: int = 4096,
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n samples from `generator` with latents drawn from a private RNG (leaves global RNG alone)."""
+    """n samples from `generator` with latents drawn from a private RNG (leaves global RNG alone);
+    `classes`: [n] class ids, for a class-conditional generator."""
     # All latents drawn at once, so the samples do not depend on `batch` (the CPU normal sampler
     # draws differently for different tensor sizes).
     latents = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
     was_training = generator.training
     generator.eval()
     try:
-        chunks = [generator(z.to(device)).float().cpu() for z in latents.split(batch)]
+        if classes is None:
+            chunks = [generator(z.to(device)).float().cpu() for z in latents.split(batch)]
+        else:
+            pairs = zip(latents.split(batch), classes.long().split(batch))
+            chunks = [generator(z.to(device), y.to(device)).float().cpu() for z, y in pairs]
     finally:
         generator.train(was_training)
     return torch.cat(chunks)

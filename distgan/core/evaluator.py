@@ -7,6 +7,9 @@
 - Stacked digits, besides: rank 0 counts the digit triples of its samples (`metrics.stacked`):
   `modes` of 1,000 and `reverse_kl`, on `train.eval_samples` samples during training and on
   `names.STACKED_FINAL_SAMPLES` (or `metrics.final_samples`, if more) at the final eval.
+- Class-conditional generators: every sample's class is drawn uniformly (`engine.random_classes`);
+  the sample picture is a grid of one row per class; where the feature network classifies (digits),
+  `class_accuracy` is the share of class-k samples classified as k, averaged over the classes.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from distgan import data
 from distgan.core import engine, plots
 from distgan.data import DataInfo
 from distgan.metrics import features, names, reference, stacked
-from distgan.metrics.image import image_quality
+from distgan.metrics.image import class_accuracy, image_quality
 from distgan.metrics.mixture import MIXTURE_STD, mixture_means, mixture_quality, mixture_quality_over_seeds
 from distgan.spec.job import JobSpec
 
 SAMPLE_CHUNK = 1000  # images drawn and embedded at a time (10k 64-px RGB images would be 500 MB)
+GRID_CLASSES, GRID_COLUMNS = 32, 8  # a conditional run's sample picture: a row of 8 for each of the first 32 classes
 
 
 def single_process_gather(obj) -> list:
@@ -48,6 +52,7 @@ class Evaluator:
         self.net: features.FeatureNet | None = None
         self._reference: reference.Reference | None = None
         self._digits: torch.nn.Module | None = None  # stacked digits: the per-channel digit classifier
+        self.num_classes = info.num_classes if spec.model.conditional else None  # G(z, y) takes class ids
         if info.kind == "mixture":
             self.means, self.std = mixture_means(info.name), MIXTURE_STD[info.name]
         choice = features.choose(spec, info)
@@ -64,8 +69,22 @@ class Evaluator:
             return stacked.N_TRIPLES
         return self.net.num_classes if self.net is not None else None
 
-    def _sample(self, G, n: int, seed: int) -> torch.Tensor:
-        return engine.sample(G, n, self.spec.model.latent_dim, self.device, seed)
+    def _classes(self, n: int, seed: int) -> torch.Tensor | None:
+        """The class ids of n samples of a conditional G (None for an unconditional one)."""
+        return None if self.num_classes is None else engine.random_classes(n, self.num_classes, seed)
+
+    def _sample(self, G, n: int, seed: int, classes: torch.Tensor | None = None) -> torch.Tensor:
+        classes = classes if classes is not None else self._classes(n, seed)
+        return engine.sample(G, n, self.spec.model.latent_dim, self.device, seed, classes=classes)
+
+    def sample_grid(self, G, seed: int) -> bytes:
+        """The sample picture: 64 samples, or for a conditional G one row of samples per class."""
+        if self.num_classes is None:
+            return plots.image_grid_png(self._sample(G, 64, seed).numpy())
+        rows = min(self.num_classes, GRID_CLASSES)
+        classes = torch.arange(rows).repeat_interleave(GRID_COLUMNS)
+        images = self._sample(G, len(classes), seed, classes).numpy()
+        return plots.image_grid_png(images, columns=GRID_COLUMNS, limit=len(classes))
 
     def evaluate(self, G, step: int, final: bool, record) -> dict[str, float]:
         """Metrics of `G` on rank 0 ({} elsewhere); the sample picture goes to `record` (rank 0's,
@@ -76,7 +95,7 @@ class Evaluator:
             return {}
         seed = self.spec.train.seed
         if record is not None:
-            record.log_image(plots.image_grid_png(self._sample(G, 64, seed).numpy()), f"samples_{step:07d}.png", step)
+            record.log_image(self.sample_grid(G, seed), f"samples_{step:07d}.png", step)
         q = {}
         if self.net is not None:
             q = (
@@ -137,15 +156,20 @@ class Evaluator:
         draws chunks r, r + world, ...; rank 0 puts them back in chunk order and scores them. So the
         numbers do not depend on the number of workers: `distgan eval` reproduces a run's."""
         chunks = range(self.rank, -(-n // SAMPLE_CHUNK), self.world)
-        mine = []  # (chunk index, features, predicted classes or None)
+        mine = []  # (chunk index, features, predicted classes or None, the classes asked for or None)
         for i in chunks:
-            size = min(SAMPLE_CHUNK, n - i * SAMPLE_CHUNK)
-            x = self._sample(G, size, seed + 7919 * (i + 1)).to(self.device)
-            mine.append((i, self.net.features(x), self.net.predict(x) if self.net.num_classes else None))
+            size, chunk_seed = min(SAMPLE_CHUNK, n - i * SAMPLE_CHUNK), seed + 7919 * (i + 1)
+            classes = self._classes(size, chunk_seed)
+            x = self._sample(G, size, chunk_seed, classes).to(self.device)
+            predicted = self.net.predict(x) if self.net.num_classes else None
+            mine.append((i, self.net.features(x), predicted, None if classes is None else classes.numpy()))
         gathered = sorted((c for share in self.gather(mine) for c in share), key=lambda c: c[0])
         if self.rank != 0:
             return {}
         ref = self.reference()
-        fake = np.concatenate([f for _, f, _ in gathered])
-        predicted = np.concatenate([p for _, _, p in gathered]) if self.net.num_classes else None
-        return image_quality(ref.features, fake, self.net.name, ref.labels, predicted, self.net.num_classes)
+        fake = np.concatenate([c[1] for c in gathered])
+        predicted = np.concatenate([c[2] for c in gathered]) if self.net.num_classes else None
+        q = image_quality(ref.features, fake, self.net.name, ref.labels, predicted, self.net.num_classes)
+        if predicted is not None and self.num_classes is not None:
+            q[names.CLASS_ACCURACY] = class_accuracy(np.concatenate([c[3] for c in gathered]), predicted)
+        return q

@@ -118,7 +118,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     is_chief = rank == 0
 
     torch.manual_seed(t.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
-    G, D = models.build(spec.model, info.sample_shape)
+    G, D = models.build(spec.model, info.sample_shape, info.num_classes)
     channels_last = use_channels_last(spec.model.arch, device)
     if channels_last:
         engine.to_channels_last(G, D)  # before DDP: its buckets follow the parameters' strides
@@ -174,7 +174,8 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
             f = engine.lr_factor(spec.optim.lr_schedule, step, t.steps)
             eng.set_lrs(spec.optim.lr_g * f, spec.optim.lr_d * f)
         reals = [next(stream) for _ in range(spec.optim.n_critic)]  # (samples, labels) pairs
-        stats = eng.step([x for x, _ in reals])
+        labels = [y for _, y in reals] if spec.model.conditional else None  # unconditional nets take none
+        stats = eng.step([x for x, _ in reals], labels)
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v  # tensors: no host sync per step
         interval_steps += 1

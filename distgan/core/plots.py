@@ -9,9 +9,10 @@ import numpy as np
 from PIL import Image
 
 
-def image_grid_png(images: np.ndarray, columns: int | None = None, scale: int = 4) -> bytes:
-    """[N, C, H, W] in [-1, 1] -> one PNG grid (nearest-neighbour upscaled so small images are visible)."""
-    images = np.asarray(images)[:64]
+def image_grid_png(images: np.ndarray, columns: int | None = None, scale: int = 4, limit: int = 64) -> bytes:
+    """[N, C, H, W] in [-1, 1] -> one PNG grid of the first `limit` (nearest-neighbour upscaled so small
+    images are visible), `columns` wide (default: about square)."""
+    images = np.asarray(images)[:limit]
     n, c, h, w = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)

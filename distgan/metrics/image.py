@@ -104,6 +104,14 @@ def class_coverage(
     return {"classes_covered": float(covered.sum() / (p_data > 0).sum()), "class_kl": float((p * np.log(p / q)).sum())}
 
 
+def class_accuracy(classes: np.ndarray, predictions: np.ndarray) -> float:
+    """A class-conditional generator's class_accuracy: for each class k asked for, the share of its
+    samples that the classifier calls k; the mean over those classes (each class counts once, however
+    many samples it drew)."""
+    classes, predictions = np.asarray(classes), np.asarray(predictions)
+    return float(np.mean([(predictions[classes == k] == k).mean() for k in np.unique(classes)]))
+
+
 def image_quality(
     real: np.ndarray,
     fake: np.ndarray,

@@ -21,6 +21,9 @@ STACKED_FINAL_SAMPLES = 25_600  # the final eval's stacked-digits sample (Stacke
 MIXTURE_SCORE = "mixture_score"  # modes + high_quality: one number that orders mixture runs
 IMAGE = ("precision", "recall", "density", "coverage")  # images, beside fd_<net> and kid_<net> (metrics.image)
 CLASS = ("classes_covered", "class_kl")  # labeled images, when the feature network classifies
+# class-conditional generators, when the feature network classifies: the share of class-k samples
+# classified as k, averaged over the classes (higher is better)
+CLASS_ACCURACY = "class_accuracy"
 
 
 # Image metrics depend on the number of samples (FD's bias shrinks with it): every eval, the final
@@ -56,7 +59,9 @@ def is_final(key: str) -> bool:
 def is_quality(key: str) -> bool:
     """A sample-quality metric at the eval sample size (not a loss, a rate, a spread, or a
     final_* figure at another sample size, which is never compared with the others)."""
-    return key in MIXTURE + IMAGE + CLASS or (key.startswith(("fd_", "kid_")) and not key.endswith(SPREAD_SUFFIXES))
+    return key in (*MIXTURE, *IMAGE, *CLASS, CLASS_ACCURACY) or (
+        key.startswith(("fd_", "kid_")) and not key.endswith(SPREAD_SUFFIXES)
+    )
 
 
 def is_reported(key: str) -> bool:
@@ -77,8 +82,11 @@ def lower_is_better(metric: str) -> bool:
     return metric.startswith(("fd_", "kid_", "loss_")) or metric.endswith("_kl")
 
 
-def reported(kind: str, net: str | None, classifies: bool, dataset: str | None = None) -> set[str]:
-    """Every metric the loop reports for data of `kind` (`dataset`) scored with feature network `net`."""
+def reported(
+    kind: str, net: str | None, classifies: bool, dataset: str | None = None, conditional: bool = False
+) -> set[str]:
+    """Every metric the loop reports for data of `kind` (`dataset`) scored with feature network `net`
+    (`conditional`: of a class-conditional generator)."""
     names = set(LOOP)
     if kind == "mixture":
         names |= {*MIXTURE, MIXTURE_SCORE}
@@ -86,6 +94,8 @@ def reported(kind: str, net: str | None, classifies: bool, dataset: str | None =
         names |= set(STACKED)
     if net:
         names |= {fd(net), kid(net), *IMAGE, *(CLASS if classifies else ())}
+        if classifies and conditional:
+            names.add(CLASS_ACCURACY)
     return names
 
 
@@ -117,5 +127,5 @@ def rank_key(kind: str, metrics: dict) -> tuple[str, tuple] | None:
 def summary(metrics: dict) -> str:
     """The few numbers a person reads first, e.g. 'modes 25 high_quality 0.88 reverse_kl 0.005'."""
     fds = sorted(k for k in metrics if k.startswith("fd_") and is_quality(k))
-    keys = [*MIXTURE, *fds, "precision", "recall", "classes_covered"]
+    keys = [*MIXTURE, *fds, "precision", "recall", "classes_covered", CLASS_ACCURACY]
     return "  ".join(f"{k} {metrics[k]:.3g}" for k in keys if metrics.get(k) is not None)

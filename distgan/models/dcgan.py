@@ -4,6 +4,11 @@ G upsamples an s0 x s0 map (4x4 for 8, 16, 32, 64 px: the classic nets, unchange
 transposed convolutions, with BatchNorm; D mirrors it with
 strided convolutions and LeakyReLU but no BatchNorm, so that real and fake batches can share one
 D forward (needed for R1/GP under DDP) and batch statistics never mix them.
+
+Class-conditional with `num_classes` (`distgan.models.conditioning`): G's first transposed conv reads
+cat(z, class embedding) (so the class sets the start map; conditional BatchNorm would also be an
+option here, but one conditioning scheme for all three families keeps them comparable); D projects
+its s0 x s0 feature map onto the class embedding.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from distgan.models import conditioning
 from distgan.models.sizes import start_map
 from distgan.spec.job import ModelSpec
 
@@ -39,15 +45,16 @@ class Generator(nn.Module):
     upsampling below the image's resolution, and the last upsampling makes features from which a
     3x3 conv makes the pixels: depth that small images (8-16 px, one or two upsamplings) lack."""
 
-    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
+    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int], num_classes: int | None = None):
         super().__init__()
         self.latent_dim = spec.latent_dim
         channels, size, _ = sample_shape
+        inputs = spec.latent_dim * (2 if num_classes else 1)  # z, and its class embedding when conditional
         k = spec.extra_layers
         widths = _widths(size, spec.base_channels, image_level=k > 0)
         s0 = start_map(size)[0]
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(spec.latent_dim, widths[0], s0, 1, 0, bias=False),  # 1x1 -> s0 x s0
+            nn.ConvTranspose2d(inputs, widths[0], s0, 1, 0, bias=False),  # 1x1 -> s0 x s0
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
@@ -59,16 +66,17 @@ class Generator(nn.Module):
         else:
             layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        self.class_embed = conditioning.generator_embedding(num_classes, spec.latent_dim)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z[:, :, None, None])
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(conditioning.generator_input(z, self.class_embed, y)[:, :, None, None])
 
 
 class Discriminator(nn.Module):
     """G mirrored: strided convs down to s0 x s0 (a 3x3 conv reads the pixels first when there are
     extra layers, and that many 3x3 blocks follow each downsampling), then an s0 x s0 conv to one score."""
 
-    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
+    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int], num_classes: int | None = None):
         super().__init__()
         channels, size, _ = sample_shape
         k = spec.extra_layers
@@ -85,6 +93,10 @@ class Discriminator(nn.Module):
             layers += _refine(b, k, norm=False, sn=sn)
         layers.append(sn(nn.Conv2d(widths[-1], 1, start_map(size)[0], 1, 0)))  # s0 x s0 -> 1x1
         self.net = nn.Sequential(*layers)
+        features = widths[-1] * start_map(size)[0] ** 2  # the s0 x s0 map the last conv reads
+        self.class_embed = conditioning.projection_embedding(num_classes, features, spec.spectral_norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.class_embed is None:
+            return self.net(x).flatten()
+        return conditioning.project(self.net[:-1](x), self.net[-1], self.class_embed, y)

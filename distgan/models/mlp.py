@@ -1,4 +1,5 @@
-"""The classic fully-connected GAN (Goodfellow et al. 2014): latent -> hidden layers -> data."""
+"""The classic fully-connected GAN (Goodfellow et al. 2014): latent -> hidden layers -> data.
+Class-conditional with `num_classes` (`distgan.models.conditioning`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from distgan.models import conditioning
 from distgan.spec.job import ModelSpec
 
 
@@ -20,25 +22,31 @@ def _stack(sizes: list[int], act: nn.Module, sn: bool = False) -> nn.Sequential:
 
 
 class Generator(nn.Module):
-    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, ...]):
+    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, ...], num_classes: int | None = None):
         super().__init__()
         self.latent_dim = spec.latent_dim
         self.sample_shape = tuple(sample_shape)
         dim = int(torch.tensor(sample_shape).prod())
-        self.net = _stack([spec.latent_dim, *spec.g_hidden, dim], nn.ReLU())
+        inputs = spec.latent_dim * (2 if num_classes else 1)  # z, and its class embedding when conditional
+        self.net = _stack([inputs, *spec.g_hidden, dim], nn.ReLU())
         self.image = len(sample_shape) == 3
+        self.class_embed = conditioning.generator_embedding(num_classes, spec.latent_dim)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.net(z)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.net(conditioning.generator_input(z, self.class_embed, y))
         if self.image:  # images live in [-1, 1]
             x = torch.tanh(x)
         return x.view(z.shape[0], *self.sample_shape)
 
 
 class Discriminator(nn.Module):
-    def __init__(self, spec: ModelSpec, dim: int):
+    def __init__(self, spec: ModelSpec, dim: int, num_classes: int | None = None):
         super().__init__()
         self.net = _stack([dim, *spec.d_hidden, 1], nn.LeakyReLU(0.2), sn=spec.spectral_norm)
+        features = [dim, *spec.d_hidden][-1]  # what the last layer reads
+        self.class_embed = conditioning.projection_embedding(num_classes, features, spec.spectral_norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1)).squeeze(1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.class_embed is None:
+            return self.net(x.flatten(1)).squeeze(1)
+        return conditioning.project(self.net[:-1](x.flatten(1)), self.net[-1], self.class_embed, y)

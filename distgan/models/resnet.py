@@ -16,6 +16,9 @@ Invariants:
   L branches add stays bounded once training moves their last convs off zero. Every other layer is
   variance-preserving (He init, zero bias).
 - D's output is [N] logits; G's images are in [-1, 1] (tanh, as the data; R3GAN's is linear).
+
+Class-conditional with `num_classes` (`distgan.models.conditioning`), as R3GAN: G's first linear
+layer reads cat(z, class embedding); D projects its flattened s0 x s0 features onto the class embedding.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import itertools
 import torch
 from torch import nn
 
+from distgan.models import conditioning
 from distgan.models.sizes import start_map
 from distgan.spec.job import ModelSpec
 
@@ -67,13 +71,14 @@ def _stage(width: int, spec: ModelSpec, stages: int) -> list[nn.Module]:
 
 
 class Generator(nn.Module):
-    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
+    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int], num_classes: int | None = None):
         super().__init__()
         self.latent_dim = spec.latent_dim
         channels, size, _ = sample_shape
         widths = _widths(size, spec.base_channels)
         self.start_shape = (widths[0], start_map(size)[0], start_map(size)[0])
-        self.start = _he_init(nn.Linear(spec.latent_dim, widths[0] * start_map(size)[0] ** 2))
+        inputs = spec.latent_dim * (2 if num_classes else 1)  # z, and its class embedding when conditional
+        self.start = _he_init(nn.Linear(inputs, widths[0] * start_map(size)[0] ** 2))
         layers = _stage(widths[0], spec, len(widths))
         for a, b in itertools.pairwise(widths):
             if a != b:
@@ -81,13 +86,15 @@ class Generator(nn.Module):
             layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), *_stage(b, spec, len(widths))]
         layers += [_he_init(nn.Conv2d(widths[-1], channels, 1)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
+        self.class_embed = conditioning.generator_embedding(num_classes, spec.latent_dim)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.start(z).view(z.shape[0], *self.start_shape))
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        start = self.start(conditioning.generator_input(z, self.class_embed, y))
+        return self.net(start.view(z.shape[0], *self.start_shape))
 
 
 class Discriminator(nn.Module):
-    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int]):
+    def __init__(self, spec: ModelSpec, sample_shape: tuple[int, int, int], num_classes: int | None = None):
         super().__init__()
         channels, size, _ = sample_shape
         widths = _widths(size, spec.base_channels)[::-1]  # from the image's resolution down
@@ -97,8 +104,12 @@ class Discriminator(nn.Module):
             if a != b:
                 layers.append(_he_init(nn.Conv2d(a, b, 1)))
             layers += _stage(b, spec, len(widths))
-        layers += [nn.Flatten(), _he_init(nn.Linear(widths[-1] * start_map(size)[0] ** 2, 1))]
+        features = widths[-1] * start_map(size)[0] ** 2
+        layers += [nn.Flatten(), _he_init(nn.Linear(features, 1))]
         self.net = nn.Sequential(*layers)
+        self.class_embed = conditioning.projection_embedding(num_classes, features, sn=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.class_embed is None:
+            return self.net(x).flatten()
+        return conditioning.project(self.net[:-1](x), self.net[-1], self.class_embed, y)

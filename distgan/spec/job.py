@@ -75,6 +75,8 @@ class ModelSpec(Section):
     extra_layers: int = Field(0, ge=0, le=8)
     blocks_per_stage: int = Field(1, ge=1, le=8)  # resnet: residual blocks at each resolution, in G and in D
     spectral_norm: bool = False  # spectral norm on D's layers (mlp, dcgan)
+    # class-conditional G and D (labels from the data): a class embedding beside z in G, a projection D
+    conditional: bool = False
 
     @model_validator(mode="after")
     def _positive_widths(self) -> ModelSpec:

@@ -2,6 +2,8 @@
 
     G, meta = distgan.load_generator("models:/grid25-gan@champion")
     samples = G(torch.randn(16, meta["latent_dim"]))
+    # a class-conditional generator (meta["num_classes"] is set) takes class ids too:
+    samples = G(torch.randn(16, meta["latent_dim"]), torch.full((16,), 3))
 
 URIs: `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `models:/m-<id>` (MLflow 3's logged model, the
 run result's `logged_model_uri`), `runs:/RUN_ID/generator`. The weights load
@@ -12,6 +14,7 @@ unpickled.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -66,18 +69,22 @@ def check_uri(uri: str, tracking_uri: str) -> str:
 
 
 def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """(generator in eval mode, its meta: model spec, sample_shape, latent_dim, dataset, kind)."""
+    """(generator in eval mode, its meta: model spec, sample_shape, latent_dim, dataset, kind, num_classes).
+    A class-conditional generator (num_classes set) is called G(latents, class_ids)."""
     import mlflow
 
     tracking_uri = resolve_uri(tracking_uri)
     check_uri(uri, tracking_uri)
     configure_env()
+    # no download progress bar on stderr: the console has distgan's lines only (an error is one line)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # The fluent URI, not download_artifacts(registry_uri=): models:/ URIs resolve through the global one.
     with fluent_uri(tracking_uri):
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     local = _extra_files(model_dir)
     meta = json.loads((local / registry.META_FILE).read_text())
-    generator, _ = models.build(ModelSpec.model_validate(meta["model"]), tuple(meta["sample_shape"]))
+    spec, shape = ModelSpec.model_validate(meta["model"]), tuple(meta["sample_shape"])
+    generator, _ = models.build(spec, shape, meta.get("num_classes"))
     generator.load_state_dict(torch.load(local / registry.WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return generator.eval(), meta
 
@@ -91,15 +98,25 @@ def _extra_files(model_dir: Path) -> Path:
     raise InputError(f"{model_dir}: not a distgan generator (no {registry.META_FILE})")
 
 
-def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], tracking_uri: str | None = None) -> dict:
-    """Sample `n` from the generator at `uri` and write them to `out` in each of `formats`."""
+def pull(
+    uri: str,
+    n: int,
+    seed: int,
+    out: str | Path,
+    formats: list[str],
+    tracking_uri: str | None = None,
+    class_id: int | None = None,
+) -> dict:
+    """Sample `n` from the generator at `uri` and write them to `out` in each of `formats`. A
+    class-conditional generator makes class `class_id`, or (None) classes drawn uniformly."""
     for f in formats:
         if f not in FORMATS:
             raise InputError(f"--format {f!r}: choose from {', '.join(FORMATS)}")
     if n < 1:
         raise InputError(f"--n {n}: need at least 1 sample")
     generator, meta = load_generator(uri, tracking_uri)
-    samples = engine.sample(generator, n, meta["latent_dim"], torch.device("cpu"), seed).numpy()
+    classes = _classes(uri, meta.get("num_classes"), class_id, n, seed)
+    samples = engine.sample(generator, n, meta["latent_dim"], torch.device("cpu"), seed, classes=classes).numpy()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -121,7 +138,10 @@ def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], track
 
         path = out / "samples.parquet"
         flat = samples.reshape(len(samples), -1)
-        pq.write_table(pa.table({"sample": list(flat), "shape": [list(samples.shape[1:])] * len(samples)}), path)
+        columns = {"sample": list(flat), "shape": [list(samples.shape[1:])] * len(samples)}
+        if classes is not None:
+            columns["class"] = classes.numpy()
+        pq.write_table(pa.table(columns), path)
         written.append(path)
     return {
         "status": "finished",
@@ -130,4 +150,18 @@ def pull(uri: str, n: int, seed: int, out: str | Path, formats: list[str], track
         "seed": seed,
         "files": [str(p) for p in written],
         "sample_shape": list(samples.shape[1:]),
+        "class": class_id,
     }
+
+
+def _classes(uri: str, num_classes: int | None, class_id: int | None, n: int, seed: int) -> torch.Tensor | None:
+    """The class ids of the samples: class_id for all, uniformly drawn ones, or None (unconditional)."""
+    if num_classes is None:
+        if class_id is not None:
+            raise InputError(f"--class {class_id}: {uri} is not class-conditional; leave out --class")
+        return None
+    if class_id is None:
+        return engine.random_classes(n, num_classes, seed)
+    if not 0 <= class_id < num_classes:
+        raise InputError(f"--class {class_id}: {uri} makes classes 0..{num_classes - 1}")
+    return torch.full((n,), class_id, dtype=torch.int64)

@@ -4,7 +4,10 @@ A logged generator is an MLflow model of the native PyTorch flavour:
 - `data/model.pt2`: a `torch.export` program with a dynamic batch dimension, so
   `mlflow.pytorch.load_model(uri)`, `mlflow.pyfunc.load_model(uri).predict(latents)` and
   `mlflow models serve -m uri` work wherever mlflow and torch are installed, for any batch size,
-  without distgan; an input example (latents, float32 [4, latent_dim]) and a signature;
+  without distgan; an input example (latents, float32 [4, latent_dim]) and a signature. A
+  class-conditional generator takes class ids (int64 [N]) as a second input, G(latents, classes): its
+  signature and input example have both (`mlflow.pytorch.load_model` serves it; MLflow's pyfunc
+  `predict` and `mlflow models serve` take one input only, so they cannot);
 - `extra_files/generator.pt` + `extra_files/generator.json`: the plain state_dict (loads with
   `torch.load(weights_only=True)`) and the architecture, which `distgan.tracking.hub` rebuilds without
   unpickling code.
@@ -28,6 +31,7 @@ import tempfile
 from contextlib import redirect_stderr
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distgan.errors import InputError
@@ -54,20 +58,28 @@ def generator_meta(model, info, which: str, steps: int) -> dict:
         "kind": info.kind,
         "generator": which,
         "steps": steps,
+        "num_classes": info.num_classes if model.conditional else None,  # G(z, y) takes ids 0..num_classes-1
     }
 
 
 def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
     """Log `generator` (eval mode) to the run with MLflow's PyTorch flavour; returns its model URI.
-    `meta`: model spec, sample_shape, latent_dim, dataset, kind."""
+    `meta`: model spec, sample_shape, latent_dim, dataset, kind, num_classes."""
     import mlflow
 
     configure_env()
     generator = generator.eval().cpu()
     # batch 4, not 1: torch.export fixes a size-1 dimension, and the batch must stay dynamic
     example = torch.randn(4, meta["latent_dim"], generator=torch.Generator().manual_seed(0)).numpy()
+    num_classes = meta.get("num_classes")
     with torch.no_grad():
-        signature = mlflow.models.infer_signature(example, generator(torch.from_numpy(example)).numpy())
+        if num_classes is None:
+            signature = mlflow.models.infer_signature(example, generator(torch.from_numpy(example)).numpy())
+        else:
+            classes = (np.arange(4) % num_classes).astype(np.int64)
+            samples = generator(torch.from_numpy(example), torch.from_numpy(classes)).numpy()
+            signature = _two_input_signature(example, classes, samples)
+            example = (example, classes)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(generator.state_dict(), f"{tmp}/{WEIGHTS_FILE}")
         Path(f"{tmp}/{META_FILE}").write_text(json.dumps(meta))
@@ -87,6 +99,19 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
                 ],
             )
     return info.model_uri
+
+
+def _two_input_signature(latents: np.ndarray, classes: np.ndarray, samples: np.ndarray):
+    """(latents float32 [-1, latent_dim], classes int64 [-1]) -> samples: the pt2 format needs tensor specs,
+    in the order of the forward's arguments."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    batch = lambda a: (-1, *a.shape[1:])  # noqa: E731
+    inputs = Schema(
+        [TensorSpec(latents.dtype, batch(latents), "latents"), TensorSpec(classes.dtype, batch(classes), "classes")]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(samples.dtype, batch(samples))]))
 
 
 def register(
