@@ -213,6 +213,10 @@ def test_cluster_yaml_passes_rays_validation():
     assert gpu_types and all(nodes[n]["max_workers"] >= nodes[n]["min_workers"] for n in gpu_types)
     head_cmds = " ".join(config["head_start_ray_commands"])
     assert "distgan tracking-server --host 0.0.0.0" in head_cmds and "s3://" in head_cmds
+    # the exposed tracking server asks for a login: its admin password comes from a mounted file
+    assert "--auth" in head_cmds and "--insecure" not in head_cmds
+    assert 'MLFLOW_AUTH_ADMIN_PASSWORD="$(cat ~/.distgan/mlflow_admin_password)"' in head_cmds
+    assert config["file_mounts"]["/home/ray/.distgan/mlflow_admin_password"] == "~/.distgan/mlflow_admin_password"
     assert any("pip install" in c and "distgan" in c for c in config["setup_commands"])
 
 
