@@ -26,7 +26,20 @@ def hold(location: str, name: str):
         yield
         return
     run_dir = Path(location)
+    new = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _locked(run_dir, name):
+            yield
+    finally:
+        # A run refused before it wrote anything (a check after the lock) leaves no directory behind.
+        if new and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, name: str):
     with open(run_dir / LOCK_FILE, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
