@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 
@@ -250,6 +251,7 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
     assert res["model_uri"] == "models:/ring8-pull/1" and res["champion"] is True
     assert "registered models:/ring8-pull/1 (champion)" in r.stdout
     assert "Add type hints" not in r.stdout + r.stderr
+    assert "Downloading artifacts" not in r.stdout + r.stderr  # MLflow's progress bars stay off the console
 
     # the run: rank 0's system metrics, the sample scatter at each eval as a step image, the result in its description
     client = MlflowClient(mlflow_server.uri)
@@ -490,6 +492,7 @@ def test_open_run_logs_dataset_source_tags_and_description(mlflow_server, tmp_pa
         run = client.get_run(run_id)
         tags = run.data.tags
         assert tags["mlflow.source.name"] == "distgan train" and tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.user"] == getpass.getuser()  # the run page's "Created by"
         assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.source.git.commit"] == tags["git.commit"]
         (inp,) = run.inputs.dataset_inputs
         ds = inp.dataset

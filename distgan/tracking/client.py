@@ -15,6 +15,8 @@ MLFLOW_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # its "Downloading artifacts" bars (the champion check, pull): distgan prints its own lines only
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 # A tracking server's login (`distgan tracking-server --auth`): MLflow's client reads these. They go

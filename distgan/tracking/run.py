@@ -5,6 +5,7 @@ closing it (curves, status), and the target rank 0 records into (`RecordTarget`)
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import io
 import json
@@ -76,6 +77,7 @@ def open_run(
         MLFLOW_RUN_NOTE,
         MLFLOW_SOURCE_NAME,
         MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
     )
 
     client = mlflow_client(uri)
@@ -91,6 +93,7 @@ def open_run(
         "distgan.version": __version__,
         MLFLOW_SOURCE_NAME: f"distgan {command}",
         MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_USER: getpass.getuser(),  # the run page's "Created by", as MLflow's fluent API sets it
         MLFLOW_RUN_NOTE: describe(spec, info),
         **tags,
     }
