@@ -155,7 +155,9 @@ def test_pbt_exploits_and_the_mutated_lr_is_in_use(tmp_path, monkeypatch):
         trials=2,
         scheduler="pbt",
         early_stop=False,
-        pbt={"perturbation_interval": 100, "quantile_fraction": 0.5},
+        # synchronous: both trials meet at every perturbation point, so the lower one exploits the
+        # other whatever the machine's load does to their speeds
+        pbt={"perturbation_interval": 100, "quantile_fraction": 0.5, "synchronous": True},
     )
     spec, s = search.load(path, ["train.steps=600"])
     res = search.search(spec, s, echo=lambda line: None, tracking=TrackingOptions(enabled=False)).to_json()

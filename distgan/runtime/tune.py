@@ -160,7 +160,7 @@ def scheduler(search: SearchSpec, space: dict, total_steps: int):
             perturbation_interval=search.pbt.perturbation_interval,
             hyperparam_mutations={k: space[k] for k in search.pbt.mutate},
             quantile_fraction=search.pbt.quantile_fraction,
-            synch=False,
+            synch=search.pbt.synchronous,
         )
     return None
 

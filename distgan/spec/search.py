@@ -61,6 +61,9 @@ class PbtSpec(BaseModel):
     perturbation_interval: int = Field(1000, ge=1)  # steps between exploit/explore rounds
     mutate: list[str] = Field(default_factory=lambda: ["optim.lr_g", "optim.lr_d"])  # continuous keys
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    # true: every trial waits at each perturbation point for the others (exploits are decided on
+    # results of the same step; slower where trials run at different speeds)
+    synchronous: bool = False
 
 
 class SearchSpec(BaseModel):
