@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from distgan import data, models
+from distgan import data, models, storage
 from distgan.core import engine
 from distgan.data import builtin, files
 from distgan.spec.job import DataSpec, load_spec
@@ -68,13 +68,14 @@ class UnitDataset(torch.utils.data.IterableDataset):
 
     def __init__(self, spec: DataSpec, layout: files.Layout):
         self.spec, self.layout, self.units = spec, layout, files.units(spec)
+        self.fs = storage.resolve(spec.path)[0]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         mine = self.units[info.id :: info.num_workers] if info else self.units
         dec = files.decoder(self.spec, self.layout)
         for unit in mine:
-            part = files.read_unit(self.spec, dec, None, unit)
+            part = files.read_unit(self.spec, dec, None, unit, self.fs)
             yield from part["x"]
 
 

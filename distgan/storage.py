@@ -73,26 +73,29 @@ def info(fs: pafs.FileSystem, path: str, location: str) -> pafs.FileInfo:
         raise InputError(f"{location}: cannot read it ({_reason(e)}){_credentials_hint(location)}") from None
 
 
-def list_files(location: str, suffixes: set[str] | None = None) -> tuple[pafs.FileSystem, list[str]]:
-    """(filesystem, sorted paths) of the file at `location` or the files under it (with one of `suffixes`)."""
+def list_files(location: str, suffixes: set[str] | None = None) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+    """(filesystem, infos sorted by path) of the file at `location` or the files under it (with one of
+    `suffixes`); an info holds the path, size and modification time."""
     fs, path = resolve(location)
     found = info(fs, path, location)
     if found.type == pafs.FileType.NotFound:
-        if is_remote(location) and info(fs, path.split("/")[0], location).type == pafs.FileType.NotFound:
-            raise InputError(f"{location}: bucket {path.split('/')[0]!r} does not exist; check the URI")
+        _require_bucket(fs, path, location, "check the URI")
         raise InputError(f"{location} does not exist; check the path")
     if found.type == pafs.FileType.File:
-        return fs, [path]
+        return fs, [found]
     try:
         entries = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     except Exception as e:
         raise InputError(f"{location}: cannot list it ({_reason(e)}){_credentials_hint(location)}") from None
     files = sorted(
-        e.path
-        for e in entries
-        if e.type == pafs.FileType.File
-        and not Path(e.path).name.startswith((".", "_"))  # _SUCCESS, .crc: writers' markers, not data
-        and (suffixes is None or Path(e.path).suffix.lower() in suffixes)
+        (
+            e
+            for e in entries
+            if e.type == pafs.FileType.File
+            and not Path(e.path).name.startswith((".", "_"))  # _SUCCESS, .crc: writers' markers, not data
+            and (suffixes is None or Path(e.path).suffix.lower() in suffixes)
+        ),
+        key=lambda e: e.path,
     )
     return fs, files
 
@@ -112,8 +115,14 @@ def check_storage(location: str) -> None:
     bucket that exists, credentials that may read it. Nothing is written."""
     fs, path = resolve(location)
     info(fs, path, location)  # no credentials or access denied: the SDK's error, as one line
-    if is_remote(location) and info(fs, path.split("/")[0], location).type == pafs.FileType.NotFound:
-        raise InputError(f"{location}: bucket {path.split('/')[0]!r} does not exist; create it or fix the URI")
+    _require_bucket(fs, path, location, "create it or fix the URI")
+
+
+def _require_bucket(fs: pafs.FileSystem, path: str, location: str, fix: str) -> None:
+    """InputError when `location` is in object storage and its bucket does not exist."""
+    bucket = path.split("/")[0]
+    if is_remote(location) and info(fs, bucket, location).type == pafs.FileType.NotFound:
+        raise InputError(f"{location}: bucket {bucket!r} does not exist; {fix}")
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
@@ -123,10 +132,10 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 def read_optional(location: str) -> bytes | None:
     """The file at `location`, or None when there is none."""
-    fs, path = resolve(location)
-    if fs.get_file_info(path).type != pafs.FileType.File:
+    try:
+        return read_bytes(*resolve(location))
+    except FileNotFoundError:
         return None
-    return read_bytes(fs, path)
 
 
 def write(location: str, data: bytes) -> None:
@@ -136,8 +145,8 @@ def write(location: str, data: bytes) -> None:
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Written whole or not at all where the filesystem allows it: a temporary name, then a rename
     (object stores write an object in one request, so they need no rename)."""
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
+    if isinstance(fs, pafs.LocalFileSystem):  # object stores have no directories to make
+        fs.create_dir(os.path.dirname(path), recursive=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
             with fs.open_output_stream(tmp) as f:

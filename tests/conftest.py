@@ -72,6 +72,16 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def metric_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's `distgan/metrics.jsonl`, one per eval ([] before the first)."""
+    path = Path(run_dir) / "distgan" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    return [row["step"] for row in metric_rows(run_dir)]
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
@@ -103,6 +113,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_server(cmd: list[str], env: dict, root: Path) -> subprocess.Popen:
+    """A server process in its own session (stopped by its group), its output in `root/server.log`."""
+    log = open(root / "server.log", "ab")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, root: Path, name: str, timeout: float) -> None:
+    """Until `url` answers (any HTTP status counts), or RuntimeError with the server's log."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError as e:
+            if getattr(e, "code", None):  # an HTTP error status: it is up
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: {(root / 'server.log').read_text()[-2000:]}") from None
+            time.sleep(0.3)
+    raise RuntimeError(f"{name} did not start in time")
+
+
+def stop_server(proc: subprocess.Popen | None) -> None:
+    """SIGTERM to the server's process group (the server and its workers only), then SIGKILL."""
+    import signal
+
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class MlflowServer:
     """A real `mlflow server` on a loopback port, with lean settings (one worker, no job execution); stopped by PID.
     With `admin_password`, MLflow's basic-auth app, its users in `root` (user `admin`)."""
@@ -113,9 +161,6 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> MlflowServer:
-        import time
-        import urllib.request
-
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [
             "mlflow",
@@ -140,32 +185,12 @@ class MlflowServer:
             )
             cmd += ["--app-name", "basic-auth"]
             env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start in time")
+        self.proc = spawn_server(cmd, env, self.root)
+        wait_until_up(f"{self.uri}/health", self.proc, self.root, "mlflow server", timeout)
+        return self
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers only
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_server(self.proc)
 
 
 @pytest.fixture(scope="session")
@@ -220,31 +245,11 @@ class S3Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> S3Server:
-        import time
-        import urllib.request
-
         self.root.mkdir(parents=True, exist_ok=True)
         server = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen(
-            [str(server), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=open(self.root / "server.log", "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=2)
-                return self
-            except OSError as e:
-                if getattr(e, "code", None):  # an HTTP answer: it is up
-                    return self
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"moto_server exited: {(self.root / 'server.log').read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.3)
-        raise RuntimeError("moto_server did not start in time")
+        self.proc = spawn_server([str(server), "-H", "127.0.0.1", "-p", str(self.port)], dict(os.environ), self.root)
+        wait_until_up(self.endpoint, self.proc, self.root, "moto_server", timeout)
+        return self
 
     def create_bucket(self, name: str) -> str:
         import pyarrow.fs as pafs
@@ -259,11 +264,7 @@ class S3Server:
             monkeypatch.setenv(k, v)
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
+        stop_server(self.proc)
 
 
 @pytest.fixture(scope="session")

@@ -204,7 +204,7 @@ def test_shards_split_by_image_bytes_with_small_row_groups(many, tmp_path):
     assert got == want  # every image once, in source order across the shards
     for p in parts:
         md = pq.ParquetFile(p).metadata
-        assert all(md.row_group(g).num_rows <= 1024 for g in range(md.num_row_groups))
+        assert all(md.row_group(g).num_rows <= data_build.ROW_GROUP_ROWS for g in range(md.num_row_groups))
 
 
 def test_one_file_when_it_fits_with_row_groups_of_128(many, tmp_path):

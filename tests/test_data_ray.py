@@ -3,12 +3,10 @@ data in object storage (a real S3-protocol server on loopback)."""
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, blob_images, png_bytes, read_json, run_cli
+from conftest import REPO, blob_images, metric_rows, png_bytes, read_json, run_cli
 
 from distgan.data import files
 from distgan.spec.job import DataSpec
@@ -65,7 +63,7 @@ def test_a_bad_image_mid_stream_is_skipped_and_counted_or_ends_the_run_naming_it
     assert r.returncode == 0, r.stderr[-3000:]
     assert res["status"] == "finished" and res["steps"] == 60
     assert res["metrics"]["data_skipped"] >= 1
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "skip" / "distgan" / "metrics.jsonl").open()]
+    rows = metric_rows(tmp_path / "runs" / "skip")
     assert [row["data_skipped"] for row in rows][-1] == res["metrics"]["data_skipped"]
 
     # fail (the default), on two workers: the run ends with the file and row, after no restart

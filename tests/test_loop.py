@@ -3,11 +3,9 @@ cadence, the record, resume, divergence. Seconds, not minutes."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, metric_rows, metric_steps
 
 from distgan import data, models
 from distgan.core import checkpoint, engine, loop
@@ -33,17 +31,11 @@ def _run(tmp_path, steps: int, *overrides: str):
     return loop.run(spec, data.inspect(spec.data), session, record), session
 
 
-def _recorded_steps(tmp_path) -> list[int]:
-    return [
-        json.loads(line)["step"] for line in (tmp_path / "run" / "distgan" / "metrics.jsonl").read_text().splitlines()
-    ]
-
-
 def test_eval_and_checkpoint_cadence(tmp_path):
     result, session = _run(tmp_path, 60)
     assert result["status"] == "finished" and result["steps"] == 60 and result["resumed_from"] == 0
     assert [r["step"] for r in session.reports] == [20, 30, 40, 60]  # evals, checkpoints, and the end
-    assert _recorded_steps(tmp_path) == [20, 40, 60]  # evals only
+    assert metric_steps(tmp_path / "run") == [20, 40, 60]  # evals only
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*")) == [
         "checkpoint_0000030",
         "checkpoint_0000060",
@@ -58,13 +50,11 @@ def test_a_rerun_resumes_from_the_latest_checkpoint(tmp_path):
     result, session = _run(tmp_path, 90)
     assert result["resumed_from"] == 60 and result["steps"] == 90
     assert [r["step"] for r in session.reports] == [80, 90]
-    assert _recorded_steps(tmp_path) == [20, 40, 60, 80, 90]
+    assert metric_steps(tmp_path / "run") == [20, 40, 60, 80, 90]
     # a run resumed at its end reports the recorded final metrics and trains nothing
     result, session = _run(tmp_path, 90)
     assert result["resumed_from"] == 90 and result["steps"] == 90 and session.reports == []
-    assert result["metrics"]["modes"] == pytest.approx(
-        json.loads((tmp_path / "run/distgan/metrics.jsonl").read_text().splitlines()[-1])["modes"]
-    )
+    assert result["metrics"]["modes"] == pytest.approx(metric_rows(tmp_path / "run")[-1]["modes"])
 
 
 def _poisoned_after(n: int):
@@ -234,11 +224,11 @@ def test_a_resume_replaces_the_rows_of_the_dead_trajectory(tmp_path, monkeypatch
     monkeypatch.setattr(loop, "_maybe_fail", die_at_50)
     with pytest.raises(RuntimeError, match="worker lost"):
         _run(tmp_path, 60, "optim.lr_g=1e-4")  # recorded 20 and 40, checkpointed 30, died at 50
-    assert _recorded_steps(tmp_path) == [20, 40]
+    assert metric_steps(tmp_path / "run") == [20, 40]
     monkeypatch.undo()
     result, _ = _run(tmp_path, 60, "optim.lr_g=2e-4")  # resumes from 30, with the spec's new lr
     assert result["resumed_from"] == 30
-    rows = [json.loads(line) for line in (tmp_path / "run/distgan/metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path / "run")
     assert [(r["step"], r["lr_g"]) for r in rows] == [(20, 1e-4), (40, 2e-4), (60, 2e-4)]
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import subprocess
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, MlflowServer, free_port, read_json, run_cli
+from conftest import REPO, MlflowServer, free_port, read_json, run_cli, spawn_server, stop_server, wait_until_up
 from mlflow.tracking import MlflowClient
 
 from distgan import models
@@ -220,7 +221,6 @@ print(json.dumps({"one": model.predict(z[:1]).tolist(), "many": model.predict(z)
 
 @pytest.mark.cluster
 def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_venv, tmp_path):
-    import subprocess
 
     import numpy as np
 
@@ -311,18 +311,7 @@ def test_register_alias_pull_and_pyfunc_without_distgan(mlflow_server, pyfunc_ve
 
     # the pyfunc in a virtualenv with mlflow and torch but not distgan, batch 1 and 37
     z = np.random.default_rng(0).standard_normal((37, meta["latent_dim"])).astype(np.float32)
-    np.save(tmp_path / "z.npy", z)
-    (tmp_path / "check.py").write_text(PYFUNC_CHECK)
-    p = subprocess.run(
-        [str(pyfunc_venv), str(tmp_path / "check.py"), "models:/ring8-pull@champion", str(tmp_path / "z.npy")],
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"},
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    preds = json.loads(p.stdout.strip().splitlines()[-1])
+    preds = _without_distgan(pyfunc_venv, tmp_path, PYFUNC_CHECK, "models:/ring8-pull@champion", z, mlflow_server.uri)
     expected = G(torch.from_numpy(z)).detach().numpy()
     assert np.array(preds["one"]).shape == (1, 2) and np.array(preds["many"]).shape == (37, 2)
     assert np.allclose(preds["many"], expected, atol=1e-5) and np.allclose(preds["one"], expected[:1], atol=1e-5)
@@ -531,8 +520,6 @@ def test_registered_generator_loads_with_mlflow_and_serves(mlflow_server, tmp_pa
     """The native PyTorch flavour: mlflow.pytorch and pyfunc load it (any batch), distgan's hub
     rebuilds it from the state_dict, and `mlflow models serve` answers /invocations with its samples."""
     import os
-    import signal
-    import subprocess
     import urllib.request
 
     import mlflow
@@ -564,24 +551,14 @@ def test_registered_generator_loads_with_mlflow_and_serves(mlflow_server, tmp_pa
     assert info.saved_input_example_info["type"] == "ndarray"
 
     port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(
+    proc = spawn_server(
         ["mlflow", "models", "serve", "-m", reg["model_uri"], "--env-manager", "local"]
         + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        {**os.environ, "MLFLOW_TRACKING_URI": uri},
+        tmp_path,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, tmp_path, "mlflow models serve", 120)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps({"inputs": z.tolist()}).encode(),
@@ -590,13 +567,7 @@ def test_registered_generator_loads_with_mlflow_and_serves(mlflow_server, tmp_pa
         preds = np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"])
         assert preds.shape == (37, 2) and np.allclose(preds, expected, atol=1e-5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers only
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        stop_server(proc)
 
 
 CONDITIONAL_CHECK = """
@@ -609,7 +580,6 @@ print(json.dumps({"samples": G(z, torch.arange(len(z)) % 10).detach().numpy().to
 
 
 def test_conditional_generator_pull_class_and_load_without_distgan(mlflow_server, pyfunc_venv, tmp_path):
-    import subprocess
 
     import pyarrow.parquet as pq
 
@@ -664,19 +634,27 @@ def test_conditional_generator_pull_class_and_load_without_distgan(mlflow_server
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
     # without distgan: MLflow's PyTorch flavour alone loads it and takes the class ids as the second input
-    np.save(tmp_path / "z.npy", z.numpy())
-    (tmp_path / "check.py").write_text(CONDITIONAL_CHECK)
+    native = np.array(
+        _without_distgan(pyfunc_venv, tmp_path, CONDITIONAL_CHECK, "models:/digits-cond/1", z.numpy(), uri)["samples"]
+    )
+    assert np.allclose(native, G(z, torch.arange(6) % 10).detach().numpy(), atol=1e-5)
+
+
+def _without_distgan(python, tmp_path, script: str, model_uri: str, z: np.ndarray, tracking_uri: str) -> dict:
+    """`script MODEL_URI z.npy` run by the `pyfunc_venv` Python (mlflow and torch, no distgan); the
+    JSON of its last output line."""
+    np.save(tmp_path / "z.npy", z)
+    (tmp_path / "check.py").write_text(script)
     p = subprocess.run(
-        [str(pyfunc_venv), str(tmp_path / "check.py"), "models:/digits-cond/1", str(tmp_path / "z.npy")],
+        [str(python), str(tmp_path / "check.py"), model_uri, str(tmp_path / "z.npy")],
         cwd="/",
         capture_output=True,
         text=True,
         timeout=300,
-        env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"},
+        env={"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": "/usr/bin:/bin"},
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    native = np.array(json.loads(p.stdout.strip().splitlines()[-1])["samples"])
-    assert np.allclose(native, G(z, torch.arange(6) % 10).detach().numpy(), atol=1e-5)
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def mlflow_signature(uri: str, model_uri: str) -> list[dict]:

@@ -3,11 +3,9 @@ multi-node placement and Parquet data through Ray Data."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from conftest import REPO, blob_images, read_json, run_cli, write_image_parquet
+from conftest import REPO, blob_images, metric_rows, metric_steps, read_json, run_cli, write_image_parquet
 from PIL import Image
 
 from distgan.commands import train
@@ -16,10 +14,6 @@ from distgan.spec import job as config
 from distgan.tracking.run import TrackingOptions
 
 pytestmark = pytest.mark.cluster
-
-
-def _metric_steps(run_dir) -> list[int]:
-    return [json.loads(line)["step"] for line in (run_dir / "distgan" / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_grid25_two_workers_converges_with_ranks_in_sync(tmp_path):
@@ -49,7 +43,7 @@ def test_grid25_two_workers_converges_with_ranks_in_sync(tmp_path):
     assert len(digests) == 2 and digests[0] == digests[1] and res["ranks_in_sync"] is True
     # the run's record and console
     run_dir = tmp_path / res["name"]
-    assert _metric_steps(run_dir) == list(range(500, 5001, 500))
+    assert metric_steps(run_dir) == list(range(500, 5001, 500))
     assert (run_dir / "distgan" / "images" / "samples_0005000.png").exists()
     assert "step 5000/5000 | loss_d" in r.stdout and "modes" in r.stdout
     assert "Reporting training result" not in r.stdout + r.stderr
@@ -97,7 +91,7 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path, mlflo
     assert res["status"] == "finished" and res["steps"] == 300
     assert res["resumed_from"] == 100  # the worker group restarted from the step-100 checkpoint
     assert res["ranks_in_sync"] is True
-    assert _metric_steps(tmp_path / "ft") == list(range(25, 301, 25))  # no gap, no duplicate
+    assert metric_steps(tmp_path / "ft") == list(range(25, 301, 25))  # no gap, no duplicate
 
     # exactly one MLflow run, with params, every eval's metrics once, sample images and the model
     client = MlflowClient(mlflow_server.uri)
@@ -124,7 +118,7 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path, mlflo
     assert r.returncode == 0, r.stderr[-3000:]
     res = read_json(out)
     assert res["resumed_from"] == 300 and res["steps"] == 400 and res["status"] == "finished"
-    assert _metric_steps(tmp_path / "ft") == list(range(25, 401, 25))
+    assert metric_steps(tmp_path / "ft") == list(range(25, 401, 25))
     assert res["mlflow_run_id"] == run.info.run_id and len(client.search_runs([exp.experiment_id])) == 1
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_d")] == list(range(25, 401, 25))
 
@@ -226,7 +220,7 @@ def test_dcgan_trains_on_parquet_images_through_ray_data(tmp_path):
     m = res["metrics"]
     assert m["fd_blobnet"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["coverage"] <= 1 and "classes_covered" not in m
     assert m["final_fd_blobnet"] > 0 and "final_kid_blobnet_std" in m  # at metrics.final_samples, apart
-    rows = [json.loads(line) for line in (tmp_path / "pq" / "distgan" / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path / "pq")
     assert [("fd_blobnet" in row) for row in rows] == [True, True]
     assert len(list((tmp_path / "cache" / "reference").glob("blobnet-*.npz"))) == 1  # real side computed once, cached
     grid = Image.open(tmp_path / "pq" / "distgan" / "images" / "samples_0000030.png")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -34,16 +33,11 @@ class BadCheckpoint(Exception):
 
 def write(directory: str | Path, state: dict) -> Path:
     """`state` as `directory/state.pt` (a local directory), whole or not at all, and its checksum."""
-    path = Path(directory) / CHECKPOINT_FILE
-    tmp = path.with_name(f".{CHECKPOINT_FILE}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        with tmp.open("rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed save (a full disk) leaves no partial file
-    storage.write_bytes(pafs.LocalFileSystem(), str(path.with_name(CHECKSUM_FILE)), digest.encode())
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data, path, local = buffer.getvalue(), Path(directory) / CHECKPOINT_FILE, pafs.LocalFileSystem()
+    storage.write_bytes(local, str(path), data)
+    storage.write_bytes(local, str(path.with_name(CHECKSUM_FILE)), hashlib.sha256(data).hexdigest().encode())
     return path
 
 
@@ -96,10 +90,12 @@ def latest(run_dir: str | Path) -> str | None:
 def read_newest_good(newest: str, warn=print) -> dict:
     """The state of `newest` (a checkpoint directory) or, when it does not verify, of the newest
     checkpoint before it in the same run directory that does, with one warning naming both."""
+    try:
+        return _verified(newest)  # the usual case: no listing of the run directory
+    except BadCheckpoint as e:
+        bad = [f"{newest} ({e})"]
     parent, name = newest.rstrip("/").rsplit("/", 1)
-    older = [c for c in reversed(checkpoints(parent)) if c.rsplit("/", 1)[1] < name]
-    bad = []
-    for candidate in [newest, *older]:
+    for candidate in [c for c in reversed(checkpoints(parent)) if c.rsplit("/", 1)[1] < name]:
         try:
             state = _verified(candidate)
         except BadCheckpoint as e:

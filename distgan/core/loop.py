@@ -85,7 +85,7 @@ class LocalSession:
         shutil.copytree(checkpoint_dir, staged)
         shutil.rmtree(final, ignore_errors=True)  # a resume replays the steps after its checkpoint
         staged.rename(final)
-        for old in sorted(self.run_dir.glob(f"{checkpoint.PREFIX}*"))[: -self.keep]:
+        for old in checkpoint.checkpoints(self.run_dir)[: -self.keep]:
             shutil.rmtree(old)
 
     def data_shard(self):
@@ -153,7 +153,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     per_worker_batch = t.batch_size // world
     # Re-seed the data stream on resume; a stream's position is not worth checkpointing.
     batches = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
-    stream = Prefetcher(batches, device, channels_last)
+    stream = Prefetcher(batches, device, channels_last, labels=spec.model.conditional)
     if record is not None:
         # Rows past the checkpoint belong to the attempt that died; this one replays those steps.
         record.truncate_after(start)
@@ -162,8 +162,6 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     evaluator = Evaluator(spec, info, device, rank, world, gather)
     health = _health_monitor(spec, evaluator, record, start) if is_chief else None
 
-    # User data reports a bad row (data.on_bad_image=fail) here, on the rank that read it.
-    data_error = (lambda: batches.error) if isinstance(batches, data.ShardStream) else None
     error = None
     totals: dict[str, float] = {}
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
@@ -179,15 +177,15 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + v  # tensors: no host sync per step
         interval_steps += 1
-        if data_error is not None and step % DATA_CHECK_EVERY == 0 and any_rank(data_error() is not None, device):
-            error = next(e for e in gather(data_error()) if e)
-            status = "failed"
+        # Every few steps one collective asks whether to end: a rank met a bad row of user data
+        # (data.on_bad_image=fail: the run fails, naming it), or the driver got Ctrl-C or SIGTERM
+        # (this step is checkpointed, status killed).
+        stop = step % HALT_CHECK_EVERY == 0 and any_rank(session.stop_requested() or bool(_bad_row(batches)), device)
+        if stop and (errors := [e for e in gather(_bad_row(batches)) if e]):
+            error, status = errors[0], "failed"
             if is_chief:
                 session.progress(f"step {step}: {error}")
             break
-
-        # Asked to stop (the driver got Ctrl-C or SIGTERM): checkpoint this step and end, status killed
-        stop = step % STOP_CHECK_EVERY == 0 and any_rank(session.stop_requested(), device)
         evaluate = step % t.eval_every == 0 or step == t.steps
         save = step % t.checkpoint_every == 0 or step == t.steps or stop
         if not (evaluate or save):
@@ -270,8 +268,12 @@ def _new_signals(health: HealthMonitor | None, step: int, metrics: dict) -> list
 
 
 CONV_ARCHS = ("dcgan", "resnet")
-DATA_CHECK_EVERY = 20  # steps between the checks for a bad row of user data (one tiny all-reduce)
-STOP_CHECK_EVERY = 10  # steps between the checks for a stop request (one actor call on rank 0, one tiny all-reduce)
+HALT_CHECK_EVERY = 10  # steps between the checks for a stop request or a bad row (one tiny all-reduce)
+
+
+def _bad_row(batches) -> str | None:
+    """The bad row this rank's user data met (`data.ShardStream.error`); None for built-ins."""
+    return getattr(batches, "error", None)
 
 
 def choose_precision(precision: str, arch: str, device: torch.device, bf16_supported: bool | None = None) -> str:
@@ -300,8 +302,9 @@ class Prefetcher:
     copy overlaps the step before it and the host never waits for it; `channels_last` puts image
     batches in NHWC order there too. On the CPU: moved and converted in place of the copy."""
 
-    def __init__(self, stream, device: torch.device, channels_last: bool = False):
+    def __init__(self, stream, device: torch.device, channels_last: bool = False, labels: bool = True):
         self.stream, self.device, self.channels_last = iter(stream), device, channels_last
+        self.labels = labels  # False: labels are dropped here, never copied (an unconditional model)
         self.cuda = device.type == "cuda"
         if self.cuda:
             self.copy_stream = torch.cuda.Stream(device)
@@ -325,7 +328,7 @@ class Prefetcher:
         except StopIteration:
             return None
         with torch.cuda.stream(self.copy_stream):
-            return self._to_device(x, True), self._to_device(y, False)
+            return self._to_device(x, True), self._to_device(y if self.labels else None, False)
 
     def __iter__(self):
         return self
@@ -333,7 +336,7 @@ class Prefetcher:
     def __next__(self):
         if not self.cuda:
             x, y = next(self.stream)
-            return self._to_device(x, True), self._to_device(y, False)
+            return self._to_device(x, True), self._to_device(y if self.labels else None, False)
         batch = self._next
         if batch is None:
             raise StopIteration

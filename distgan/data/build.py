@@ -29,14 +29,14 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from distgan import storage
+from distgan.data import files
 from distgan.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
-# The trainer reads and shuffles Parquet data a row group at a time (in slices of at most
-# distgan.data.files.UNIT_ROWS = 128 rows; a longer row group is read again for every slice): small
-# row groups make a well-mixed shuffle and no repeated reads.
-ROW_GROUP_ROWS = 128
+# The trainer reads and shuffles Parquet a unit at a time (a row group, or a slice of a longer one,
+# read again for every slice): row groups of one unit make a well-mixed shuffle and no repeated reads.
+ROW_GROUP_ROWS = files.UNIT_ROWS
 CLASSES_KEY = b"distgan.classes"
 SKIPPED_NAMED = 5  # bad images named in the result (all are counted)
 

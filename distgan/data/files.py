@@ -52,59 +52,65 @@ class Layout:
     sample_shape: tuple[int, ...]
     num_rows: int
     num_classes: int | None
-    large_row_groups: int = 0  # row groups longer than UNIT_ROWS (read once per slice)
 
 
 # ---------------------------------------------------------------- units
 
 
 def _listing(location: str, kind: str) -> tuple:
+    """(filesystem, the data's files: pyarrow FileInfos sorted by path), or InputError."""
     suffixes = {".parquet"} if kind == "parquet" else IMAGE_SUFFIXES
-    fs, paths = storage.list_files(location, suffixes)
-    if not paths:
+    fs, found = storage.list_files(location, suffixes)
+    if not found:
         what = "*.parquet files" if kind == "parquet" else f"images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         raise InputError(f"data.path {location!r} holds no {what}")
-    return fs, tuple(paths)
+    return fs, found
 
 
-def filesystem(location: str):
-    return storage.resolve(location)[0]
+_FOOTERS: dict[tuple, pq.FileMetaData] = {}  # (path, size, mtime) -> footer, parsed once per process
 
 
-_METADATA: dict[tuple, pq.FileMetaData] = {}  # (path, size, mtime) -> footer, parsed once per process
-
-
-def _parquet_metadata(fs, path: str) -> pq.FileMetaData:
-    """The file's footer, parsed once per process and version of the file: a footer lists every row
-    group, and each unit read would otherwise parse all of it again."""
-    stat = fs.get_file_info(path)
-    key = (path, stat.size, stat.mtime_ns)
-    if key not in _METADATA:
+def _footer(fs, path: str, version: tuple) -> pq.FileMetaData:
+    """The file's footer, parsed once per process and `version` (size, mtime) of the file: a footer
+    lists every row group, and each unit read would otherwise parse all of it again."""
+    key = (path, *version)
+    if key not in _FOOTERS:
         try:
             with fs.open_input_file(path) as f:
-                _METADATA[key] = pq.ParquetFile(f).metadata
+                _FOOTERS[key] = pq.ParquetFile(f).metadata
         except Exception as e:
             raise InputError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:160]})") from None
-        if len(_METADATA) > 256:
-            _METADATA.pop(next(iter(_METADATA)))
-    return _METADATA[key]
+        if len(_FOOTERS) > 256:
+            _FOOTERS.pop(next(iter(_FOOTERS)))
+    return _FOOTERS[key]
+
+
+def _version(info) -> tuple:
+    return info.size, info.mtime_ns
 
 
 def units(spec: DataSpec) -> list[dict]:
     """Every unit of the data, in file order (the Ray Data pipeline visits them shuffled)."""
-    fs, paths = _listing(spec.path, spec.name)
+    return _units(spec, *_listing(spec.path, spec.name))
+
+
+def _units(spec: DataSpec, fs, found: tuple) -> list[dict]:
     if spec.name == "imagefolder":
+        paths = [f.path for f in found]
         return [
-            {"path": "", "paths": list(paths[i : i + UNIT_ROWS]), "row_group": -1, "start": 0, "first_row": i}
+            {"path": "", "paths": paths[i : i + UNIT_ROWS], "version": [], "row_group": -1, "start": 0, "first_row": i}
             for i in range(0, len(paths), UNIT_ROWS)
         ]
     out = []
-    for path in paths:
-        md, first = _parquet_metadata(fs, path), 0
+    for f in found:
+        md, first = _footer(fs, f.path, _version(f)), 0
         for g in range(md.num_row_groups):
             rows = md.row_group(g).num_rows
             for start in range(0, rows, UNIT_ROWS):
-                out.append({"path": path, "paths": [], "row_group": g, "start": start, "first_row": first + start})
+                out.append(
+                    {"path": f.path, "paths": [], "version": list(_version(f)), "row_group": g, "start": start,
+                     "first_row": first + start}
+                )  # fmt: skip
             first += rows
     return out
 
@@ -172,15 +178,14 @@ def decoder(spec: DataSpec, layout: Layout) -> Decoder:
 # ---------------------------------------------------------------- reading units
 
 
-def _read_rows(spec: DataSpec, unit: dict) -> tuple[list, list | None, list[str]]:
+def _read_rows(spec: DataSpec, unit: dict, fs) -> tuple[list, list | None, list[str]]:
     """(values, labels or None, where each row is) of one unit."""
-    fs = filesystem(spec.path)
     if unit["paths"]:
         values = [storage.read_bytes(fs, p) for p in unit["paths"]]
         return values, None, list(unit["paths"])
     columns = [spec.column] + ([spec.label_column] if spec.label_column else [])
     with fs.open_input_file(unit["path"]) as f:
-        table = pq.ParquetFile(f, metadata=_parquet_metadata(fs, unit["path"])).read_row_group(
+        table = pq.ParquetFile(f, metadata=_footer(fs, unit["path"], tuple(unit["version"]))).read_row_group(
             unit["row_group"], columns=columns
         )
     table = table.slice(unit["start"], UNIT_ROWS)
@@ -189,12 +194,12 @@ def _read_rows(spec: DataSpec, unit: dict) -> tuple[list, list | None, list[str]
     return table.column(spec.column).to_pylist(), labels, where
 
 
-def read_unit(spec: DataSpec, dec: Decoder, num_classes: int | None, unit: dict, rng=None) -> dict:
+def read_unit(spec: DataSpec, dec: Decoder, num_classes: int | None, unit: dict, fs, rng=None) -> dict:
     """One unit as {"x": samples, "y": labels (when labeled), "skipped": rows dropped}: uint8 [n, C, R, R]
     images or float32 [n, dim] vectors. A bad row raises InputError naming file, column and row
     (data.on_bad_image=fail) or is dropped and counted (skip). The count rides on the unit's first
     row (a column summed by the reader), so it survives the shuffles."""
-    values, labels, where = _read_rows(spec, unit)
+    values, labels, where = _read_rows(spec, unit, fs)
     samples, kept, skipped = [], [], 0
     for i, value in enumerate(values):
         sample = _decode_row(spec, dec, value, where[i], rng)
@@ -236,26 +241,24 @@ def _decode_row(spec: DataSpec, dec: Decoder, value, where: str, rng) -> np.ndar
 
 def inspect(spec: DataSpec) -> Layout:
     """Check the data and describe it, in time and memory bounded by the number of files (not rows)."""
+    fs, found = _listing(spec.path, spec.name)
     if spec.name == "imagefolder":
-        _, paths = _listing(spec.path, "imagefolder")
-        return _sampled_layout(spec, "image", None, len(paths), None, 0)
-    fs, paths = _listing(spec.path, "parquet")
-    kind, vector_len, rows, max_label, large = None, None, 0, -1, 0
-    for path in paths:
-        md = _parquet_metadata(fs, path)
+        return _sampled_layout(spec, fs, found, "image", None, len(found), None)
+    kind, vector_len, rows, max_label = None, None, 0, -1
+    for f in found:
+        md = _footer(fs, f.path, _version(f))
         schema = md.schema.to_arrow_schema()
-        this, length = _column_kind(schema, spec.column, path)
+        this, length = _column_kind(schema, spec.column, f.path)
         if kind and this != kind:
-            raise InputError(f"{path}: column {spec.column!r} holds {this}s but earlier files hold {kind}s")
+            raise InputError(f"{f.path}: column {spec.column!r} holds {this}s but earlier files hold {kind}s")
         kind, vector_len = this, vector_len or length
         if spec.label_column:
-            max_label = max(max_label, _label_range(fs, path, md, schema, spec.label_column))
+            max_label = max(max_label, _label_range(fs, f.path, md, schema, spec.label_column))
         rows += md.num_rows
-        large += sum(md.row_group(g).num_rows > UNIT_ROWS for g in range(md.num_row_groups))
     if rows == 0:
-        raise InputError(f"data.path {spec.path!r}: column {spec.column!r} is empty (0 rows in {len(paths)} file(s))")
+        raise InputError(f"data.path {spec.path!r}: column {spec.column!r} is empty (0 rows in {len(found)} file(s))")
     num_classes = max_label + 1 if spec.label_column else None
-    return _sampled_layout(spec, kind, vector_len, rows, num_classes, large)
+    return _sampled_layout(spec, fs, found, kind, vector_len, rows, num_classes)
 
 
 def _column_kind(schema: pa.Schema, column: str, path: str) -> tuple[str, int | None]:
@@ -302,23 +305,23 @@ def _label_range(fs, path: str, md, schema: pa.Schema, label: str) -> int:
     return hi
 
 
-def _sampled_layout(spec, kind, vector_len, rows, num_classes, large) -> Layout:
+def _sampled_layout(spec, fs, found, kind, vector_len, rows, num_classes) -> Layout:
     """Decode SAMPLE_IMAGES rows spread over the data: the sample shape (channels, size) comes from
     them, and a bad row among them is reported now, before Ray."""
-    all_units = units(spec)
+    all_units = _units(spec, fs, found)
     sample = [all_units[i] for i in spread(len(all_units), 16)]
     per_unit = max(1, SAMPLE_IMAGES // len(sample))
     values, where = [], []
     for unit in sample:
-        v, _, w = _read_rows(spec, unit)
+        v, _, w = _read_rows(spec, unit, fs)
         for i in spread(len(v), per_unit):
             values.append(v[i])
             where.append(w[i])
     if kind == "vector":
         dim = vector_len or next((len(v) for v in values if v is not None), 0)
-        layout = Layout("vector", (dim,), rows, num_classes, large)
+        layout = Layout("vector", (dim,), rows, num_classes)
     else:
-        layout = Layout("image", _image_shape(spec, values, where), rows, num_classes, large)
+        layout = Layout("image", _image_shape(spec, values, where), rows, num_classes)
     dec = decoder(spec, layout)
     for value, w in zip(values, where):
         _decode_row(spec, dec, value, w, None)
@@ -358,12 +361,11 @@ def fingerprint(spec: DataSpec) -> str:
     """10 hex digits that change with the data: the column, and each file's relative path, size and
     first and last 64 KiB (bounded work however large the data; Parquet keeps its footer at the end).
     The same data anywhere, local or in a bucket, gives the same digest."""
-    fs, paths = _listing(spec.path, spec.name)
+    fs, found = _listing(spec.path, spec.name)
     root = storage.resolve(spec.path)[1]
     h = hashlib.sha256(f"{spec.column}|{spec.label_column}".encode())
-    for path in paths:
+    for path, size in ((f.path, f.size) for f in found):
         with fs.open_input_file(path) as f:
-            size = f.size()
             head = f.read(min(size, 1 << 16))
             f.seek(max(0, size - (1 << 16)))
             tail = f.read()
@@ -384,11 +386,12 @@ def sample(spec: DataSpec, layout: Layout, limit: int) -> tuple[np.ndarray, np.n
     """Up to `limit` samples spread over the data, as the metrics' reference: images as float32
     [N, C, H, W] in [-1, 1] (center crop, no flip), and their labels when the data has them. Whole
     units spread evenly, so the time is bounded by `limit`, not by the data."""
-    all_units = units(spec)
+    fs, found = _listing(spec.path, spec.name)
+    all_units = _units(spec, fs, found)
     picked = [all_units[i] for i in spread(len(all_units), math.ceil(limit / UNIT_ROWS) + 1)]
-    dec = Decoder(layout.kind, layout.sample_shape, spec.crop, False, resize=spec.resolution is not None)
     lenient = spec.model_copy(update={"on_bad_image": "skip"})  # the training run decides what bad rows mean
-    parts = [read_unit(lenient, dec, layout.num_classes, u) for u in picked]
+    # no rng: the centre crop and no flip, whatever data.crop and data.flip say
+    parts = [read_unit(lenient, decoder(spec, layout), layout.num_classes, u, fs) for u in picked]
     x = np.concatenate([p["x"] for p in parts])
     keep = spread(len(x), limit)
     if layout.kind == "image":

@@ -15,11 +15,9 @@ def build(
 ) -> tuple[nn.Module, nn.Module]:
     """(G, D) for data whose samples have `sample_shape`: (dim,) for vectors, (C, H, W) for images.
     With `model.conditional`, for `num_classes` classes: G(z, y) and D(x, y), y int64 class ids."""
-    classes = None
-    if spec.conditional:
-        if not num_classes:
-            raise ValueError("model.conditional needs the number of classes (labeled data)")
-        classes = num_classes
+    if spec.conditional and not num_classes:
+        raise ValueError("model.conditional needs the number of classes (labeled data)")
+    classes = num_classes if spec.conditional else None
     if spec.arch == "mlp":
         dim = 1
         for s in sample_shape:

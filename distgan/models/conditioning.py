@@ -16,6 +16,11 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 
+def generator_input_width(latent_dim: int, num_classes: int | None) -> int:
+    """z, and its class embedding (as wide) when conditional."""
+    return latent_dim * (2 if num_classes else 1)
+
+
 def generator_embedding(num_classes: int | None, latent_dim: int) -> nn.Embedding | None:
     return None if num_classes is None else nn.Embedding(num_classes, latent_dim)
 
@@ -35,6 +40,13 @@ def projection_embedding(num_classes: int | None, feature_dim: int, sn: bool) ->
     embedding = nn.Embedding(num_classes, feature_dim)
     nn.init.normal_(embedding.weight, std=feature_dim**-0.5)
     return spectral_norm(embedding) if sn else embedding
+
+
+def judge(net: nn.Sequential, embedding: nn.Module | None, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """D's [N] logits: `net(x)`, or for a conditional D the projection on the input of net's last layer."""
+    if embedding is None:
+        return net(x).flatten()
+    return project(net[:-1](x), net[-1], embedding, y)
 
 
 def project(features: torch.Tensor, head: nn.Module, embedding: nn.Module, y: torch.Tensor | None) -> torch.Tensor:

@@ -49,7 +49,7 @@ class Generator(nn.Module):
         super().__init__()
         self.latent_dim = spec.latent_dim
         channels, size, _ = sample_shape
-        inputs = spec.latent_dim * (2 if num_classes else 1)  # z, and its class embedding when conditional
+        inputs = conditioning.generator_input_width(spec.latent_dim, num_classes)
         k = spec.extra_layers
         widths = _widths(size, spec.base_channels, image_level=k > 0)
         s0 = start_map(size)[0]
@@ -97,6 +97,4 @@ class Discriminator(nn.Module):
         self.class_embed = conditioning.projection_embedding(num_classes, features, spec.spectral_norm)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.class_embed is None:
-            return self.net(x).flatten()
-        return conditioning.project(self.net[:-1](x), self.net[-1], self.class_embed, y)
+        return conditioning.judge(self.net, self.class_embed, x, y)

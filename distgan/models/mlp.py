@@ -27,7 +27,7 @@ class Generator(nn.Module):
         self.latent_dim = spec.latent_dim
         self.sample_shape = tuple(sample_shape)
         dim = int(torch.tensor(sample_shape).prod())
-        inputs = spec.latent_dim * (2 if num_classes else 1)  # z, and its class embedding when conditional
+        inputs = conditioning.generator_input_width(spec.latent_dim, num_classes)
         self.net = _stack([inputs, *spec.g_hidden, dim], nn.ReLU())
         self.image = len(sample_shape) == 3
         self.class_embed = conditioning.generator_embedding(num_classes, spec.latent_dim)
@@ -47,6 +47,4 @@ class Discriminator(nn.Module):
         self.class_embed = conditioning.projection_embedding(num_classes, features, spec.spectral_norm)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.class_embed is None:
-            return self.net(x.flatten(1)).squeeze(1)
-        return conditioning.project(self.net[:-1](x.flatten(1)), self.net[-1], self.class_embed, y)
+        return conditioning.judge(self.net, self.class_embed, x.flatten(1), y)

@@ -77,7 +77,7 @@ class Generator(nn.Module):
         channels, size, _ = sample_shape
         widths = _widths(size, spec.base_channels)
         self.start_shape = (widths[0], start_map(size)[0], start_map(size)[0])
-        inputs = spec.latent_dim * (2 if num_classes else 1)  # z, and its class embedding when conditional
+        inputs = conditioning.generator_input_width(spec.latent_dim, num_classes)
         self.start = _he_init(nn.Linear(inputs, widths[0] * start_map(size)[0] ** 2))
         layers = _stage(widths[0], spec, len(widths))
         for a, b in itertools.pairwise(widths):
@@ -110,6 +110,4 @@ class Discriminator(nn.Module):
         self.class_embed = conditioning.projection_embedding(num_classes, features, sn=False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.class_embed is None:
-            return self.net(x).flatten()
-        return conditioning.project(self.net[:-1](x), self.net[-1], self.class_embed, y)
+        return conditioning.judge(self.net, self.class_embed, x, y)

@@ -20,6 +20,7 @@ import ray
 import ray.data
 from ray.data import RandomSeedConfig
 
+from distgan import storage
 from distgan.data import DataInfo, files
 from distgan.spec.job import DataSpec
 
@@ -36,9 +37,10 @@ def datasets(spec: DataSpec, info: DataInfo, resume_salt: int = 0, materialize: 
     if not info.uses_ray_data:
         return None
     layout = files.Layout(info.kind, tuple(info.sample_shape), info.num_rows, info.num_classes)
+    fs = storage.resolve(spec.path)[0]  # resolved once, here; the map tasks get it with their arguments
     read = {
         "fn": _read_units,
-        "fn_kwargs": {"spec": spec, "decoder": files.decoder(spec, layout), "num_classes": info.num_classes},
+        "fn_kwargs": {"spec": spec, "decoder": files.decoder(spec, layout), "num_classes": info.num_classes, "fs": fs},
         "batch_size": 1,
         "batch_format": "pyarrow",
     }
@@ -55,11 +57,11 @@ def datasets(spec: DataSpec, info: DataInfo, resume_salt: int = 0, materialize: 
     return {"train": blocks.randomize_block_order(seed=order).map_batches(**read)}
 
 
-def _read_units(batch, spec: DataSpec, decoder: files.Decoder, num_classes: int | None) -> dict:
+def _read_units(batch, spec: DataSpec, decoder: files.Decoder, num_classes: int | None, fs) -> dict:
     """A map task's work: the unit(s) of `batch` read and decoded. Random crops and flips draw
     from a fresh generator, so every epoch sees new ones."""
     rng = np.random.default_rng()
-    parts = [files.read_unit(spec, decoder, num_classes, unit, rng) for unit in batch.to_pylist()]
+    parts = [files.read_unit(spec, decoder, num_classes, unit, fs, rng) for unit in batch.to_pylist()]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

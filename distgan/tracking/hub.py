@@ -14,7 +14,6 @@ unpickled.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -54,9 +53,9 @@ def check_uri(uri: str, tracking_uri: str) -> str:
         registry.require_version(client, m["name"], version=m["version"], alias=m["alias"])
         return uri
     r = RUN_URI.match(uri)
-    if r and ".." in r["path"].split("/"):
-        raise InputError(f"model URI {uri!r} climbs out of its run with '..'; name an artifact inside the run")
     if r:
+        if ".." in r["path"].split("/"):
+            raise InputError(f"model URI {uri!r} climbs out of its run with '..'; name an artifact inside the run")
         try:
             mlflow_client(tracking_uri).get_run(r["run_id"])
         except MlflowException:
@@ -75,9 +74,7 @@ def load_generator(uri: str, tracking_uri: str | None = None) -> tuple[torch.nn.
 
     tracking_uri = resolve_uri(tracking_uri)
     check_uri(uri, tracking_uri)
-    configure_env()
-    # no download progress bar on stderr: the console has distgan's lines only (an error is one line)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    configure_env()  # among them: no download progress bar (the console has distgan's lines only)
     # The fluent URI, not download_artifacts(registry_uri=): models:/ URIs resolve through the global one.
     with fluent_uri(tracking_uri):
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

@@ -156,6 +156,8 @@ class RunRecord:
     def __init__(self, run_dir: str | Path, tracking: dict | None = None, warn=print, system_metrics: bool = False):
         self.location = str(run_dir)
         self.remote = storage.is_remote(self.location)
+        # object storage: resolved once (each upload would otherwise make a filesystem and find credentials)
+        self.fs, self.remote_path = storage.resolve(self.location) if self.remote else (None, None)
         self.dir = Path(tempfile.mkdtemp(prefix="distgan-record-")) if self.remote else Path(run_dir)
         (self.dir / "images").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
@@ -221,7 +223,7 @@ class RunRecord:
     def _upload(self, relative: str) -> None:
         """The staged file `relative` to the record in object storage, whole (a no-op for a local record)."""
         if self.remote:
-            storage.write(storage.join(self.location, relative), (self.dir / relative).read_bytes())
+            storage.write_bytes(self.fs, f"{self.remote_path}/{relative}", (self.dir / relative).read_bytes())
 
 
 def _system_monitor(tracking: dict, warn):

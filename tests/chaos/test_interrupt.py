@@ -3,7 +3,6 @@ exit 130 / 143, and the same name again resumes there with no metrics row double
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,17 +10,12 @@ import sys
 import time
 
 import pytest
-from conftest import read_json, run_cli
+from conftest import metric_steps, read_json, run_cli
 
 pytestmark = pytest.mark.cluster
 
 EVAL_EVERY = 10
 NAME = "sig"
-
-
-def _metric_steps(run_dir) -> list[int]:
-    path = run_dir / "distgan" / "metrics.jsonl"
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _args(tmp_path, uri: str) -> list[str]:
@@ -58,7 +52,7 @@ def _interrupt(tmp_path, uri: str, sig: signal.Signals) -> tuple[dict, int, str]
     )
     try:
         deadline = time.monotonic() + 120
-        while len(_metric_steps(tmp_path / NAME)) < 3:
+        while len(metric_steps(tmp_path / NAME)) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, (
                 proc.stdout.read()[-3000:] if proc.poll() else ""
             )
@@ -84,7 +78,7 @@ def _assert_killed_at_checkpoint(tmp_path, uri: str, res: dict, sig: signal.Sign
     assert stopped > 0 and stopped % 10 == 0  # the loop checks for a stop every 10 steps
     assert res["checkpoint"] and res["checkpoint"].startswith(str(tmp_path / NAME))
     assert _checkpoint_step(res["checkpoint"]) == stopped  # the checkpoint is the step it stopped at
-    assert _metric_steps(tmp_path / NAME) == list(range(EVAL_EVERY, stopped + 1, EVAL_EVERY))
+    assert metric_steps(tmp_path / NAME) == list(range(EVAL_EVERY, stopped + 1, EVAL_EVERY))
     client = MlflowClient(uri)
     assert client.get_run(res["mlflow_run_id"]).info.status == "KILLED"
     assert [m.step for m in client.get_metric_history(res["mlflow_run_id"], "loss_d")] == list(
@@ -110,7 +104,7 @@ def test_sigterm_checkpoints_ends_killed_and_rerun_resumes(tmp_path, mlflow_serv
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = read_json(out)
     assert res["status"] == "finished" and res["resumed_from"] == stopped and res["steps"] == total
-    assert _metric_steps(tmp_path / NAME) == list(range(EVAL_EVERY, total + 1, EVAL_EVERY))  # none doubled
+    assert metric_steps(tmp_path / NAME) == list(range(EVAL_EVERY, total + 1, EVAL_EVERY))  # none doubled
     assert res["mlflow_run_id"] == run_id
     client = MlflowClient(mlflow_server.uri)
     assert client.get_run(run_id).info.status == "FINISHED"
