@@ -84,10 +84,16 @@ def _search(args: argparse.Namespace) -> int:
         overrides.append(f"search.trials={args.trials}")
     if args.no_early_stop:
         overrides += ["search.early_stop=false"]
+    if args.resume and (args.spec or overrides):
+        raise InputError("--resume runs the search with the spec it started with: leave out SEARCH.yaml and --set")
     # search() checks the spec against the data (metric, feature network) before Ray: once, there
-    spec, search_spec = load_search(args.spec, overrides)
+    resume = None
+    if args.resume:
+        spec, search_spec, resume = search.load_resumed(args.resume)
+    else:
+        spec, search_spec = load_search(args.spec, overrides)
     tracking = TrackingOptions(not args.no_tracking, args.tracking_uri, args.experiment, args.register)
-    result = search.search(spec, search_spec, address=args.address, tracking=tracking, echo=_echo)
+    result = search.search(spec, search_spec, address=args.address, tracking=tracking, echo=_echo, resume=resume)
     _write_json(args.json_out, result.to_json())
     print(
         f"{result.status}: {len(result.trials)} trials, {result.steps} steps in {result.wall_s:.0f}s; best "
@@ -345,6 +351,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="join this Ray cluster (default: start a local Ray in-process)")
     s.add_argument(
         "--no-early-stop", action="store_true", help="no divergence stopper and no ASHA: every trial runs to the end"
+    )
+    s.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="go on with a search whose driver stopped: its directory (printed at its start) or its name under "
+        "distgan_runs/; ended trials are not run again",
     )
     _tracking_options(
         s,

@@ -8,16 +8,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+
 from distgan import storage
 from distgan.commands import preflight
 from distgan.core import checkpoint
 from distgan.data import DataInfo
+from distgan.errors import InputError
 from distgan.runtime import ray_data, ray_train, tune
 from distgan.spec.job import JobSpec, validate_spec
-from distgan.spec.search import SearchSpec, apply_config, load_search
+from distgan.spec.search import SearchSpec, apply_config, load_search, saved_tree, search_from_tree
 from distgan.tracking import registry
 from distgan.tracking import run as tracking_run
 from distgan.tracking.run import TrackingOptions
+
+SAVED_SPEC = "distgan/search.yaml"  # in the search's directory: what `--resume` runs again
 
 
 @dataclass
@@ -48,30 +53,62 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> tuple[Job
     return spec, search_spec
 
 
+def load_resumed(search_dir: str) -> tuple[JobSpec, SearchSpec, str]:
+    """The spec a search started with (saved in its directory), and the directory: a path, a URI,
+    or a bare name under the default storage (`distgan_runs/NAME`)."""
+    if "/" not in search_dir:
+        search_dir = storage.join(ray_train.DEFAULT_STORAGE, search_dir)
+    search_dir = storage.absolute(search_dir).rstrip("/")
+    text = storage.read_optional(storage.join(search_dir, SAVED_SPEC))
+    if text is None or not tune.can_resume(search_dir):
+        raise InputError(
+            f"no search to resume at {search_dir}: give the directory `distgan search` named at its start "
+            "(<train.storage_path>/search-...), or its name under distgan_runs/"
+        )
+    spec, search_spec = search_from_tree(yaml.safe_load(text), f"the search saved in {search_dir}")
+    return spec, search_spec, search_dir
+
+
 def search(
     spec: JobSpec,
     search_spec: SearchSpec,
     address: str | None = None,
     echo=print,
     tracking: TrackingOptions | None = None,
+    resume: str | None = None,
 ) -> SearchResult:
-    """Run the search to its end."""
+    """Run the search to its end; `resume`: the directory of a search whose driver stopped (its spec
+    from `load_resumed`), which goes on where its last experiment checkpoint left it."""
     tracking = tracking or TrackingOptions()
     info = preflight.check_search(spec, search_spec)
     uri = tracking.prepare()
-    location = storage.absolute(spec.train.storage_path or ray_train.DEFAULT_STORAGE)
-    storage.check_storage(location)
-    name = f"search-{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if resume:
+        location, name = resume.rsplit("/", 1)
+    else:
+        location = storage.absolute(spec.train.storage_path or ray_train.DEFAULT_STORAGE)
+        storage.check_storage(location)
+        name = f"search-{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        tree = saved_tree(spec, search_spec)
+        storage.write(storage.join(location, name, SAVED_SPEC), yaml.safe_dump(tree, sort_keys=False).encode())
+    search_dir = storage.join(location, name)
+    echo(f"search {search_dir} (should its driver stop: distgan search --resume {search_dir})")
     with ray_train.ray_session(address):
         parent = None
         if uri:
             named = spec.model_copy(update={"train": spec.train.model_copy(update={"name": name})})
-            parent = tracking_run.open_search_run(
-                uri, tracking.experiment, named, storage.join(location, name), search_spec, info
-            )
+            parent = tracking_run.open_search_run(uri, tracking.experiment, named, search_dir, search_spec, info)
         dataset = (ray_data.datasets(spec.data, info, materialize=True) or {}).get("train")
         trials, wall = tune.fit_trials(
-            spec, search_spec, info, name, location, echo, parent, dataset, preflight.count_modes(spec, info)
+            spec,
+            search_spec,
+            info,
+            name,
+            location,
+            echo,
+            parent,
+            dataset,
+            preflight.count_modes(spec, info),
+            resume=resume is not None,
         )
     best = tune.best_trial(trials, search_spec)
     result = SearchResult(

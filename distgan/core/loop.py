@@ -99,16 +99,19 @@ class LocalSession:
         return False
 
 
-def _maybe_fail(step: int, rank: int) -> None:
-    """Fault injection for tests: DISTGAN_FAULT_KILL_AT=STEP:RANK SIGKILLs that worker once
-    (DISTGAN_FAULT_MARKER names the file that records it already happened)."""
-    spec, marker = os.environ.get("DISTGAN_FAULT_KILL_AT"), os.environ.get("DISTGAN_FAULT_MARKER")
-    if not spec or not marker:
-        return
-    at_step, at_rank = map(int, spec.split(":"))
-    if step == at_step and rank == at_rank and not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
+def _maybe_fail(step: int, rank: int, node_id: str) -> None:
+    """Fault injection for tests, once (DISTGAN_FAULT_MARKER names the file that records it
+    happened): DISTGAN_FAULT_KILL_AT=STEP:RANK SIGKILLs that worker; DISTGAN_FAULT_HOLD_AT=STEP:RANK
+    writes the worker's node id to the marker and holds it there (the test ends that node)."""
+    marker = os.environ.get("DISTGAN_FAULT_MARKER")
+    for action in ("KILL", "HOLD"):
+        spec = os.environ.get(f"DISTGAN_FAULT_{action}_AT")
+        if not spec or not marker or os.path.exists(marker) or [step, rank] != list(map(int, spec.split(":"))):
+            continue
+        Path(marker).write_text(str(os.getpid()) if action == "KILL" else node_id)
+        if action == "KILL":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(600)
 
 
 def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None = None) -> dict:
@@ -167,7 +170,7 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
     interval_start, interval_steps, run_start = time.perf_counter(), 0, time.perf_counter()
     status, metrics, step = "finished", {}, start
     for step in range(start + 1, t.steps + 1):
-        _maybe_fail(step, rank)
+        _maybe_fail(step, rank, session.node_id)
         if spec.optim.lr_schedule != "constant":  # a function of the step alone, so a resume continues it
             f = engine.lr_factor(spec.optim.lr_schedule, step, t.steps)
             eng.set_lrs(spec.optim.lr_g * f, spec.optim.lr_d * f)

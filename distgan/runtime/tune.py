@@ -47,6 +47,7 @@ class TuneSession:
         torch.set_num_threads(max(1, int(cpus)))
         self.node_id = ray.get_runtime_context().get_node_id()
         self._dataset = dataset
+        self.record = None  # the trial's RunRecord, flushed before each report
 
     def prepare_model(self, model):
         return model.to(self.device)
@@ -56,6 +57,8 @@ class TuneSession:
         return storage.uri(ckpt.filesystem, ckpt.path) if ckpt else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if self.record is not None:  # the stopper or scheduler may end this process on this report
+            self.record.flush()
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
     def data_shard(self):
@@ -78,7 +81,14 @@ def trial_spec(base: dict, config: dict) -> JobSpec:
 
 
 def trial_fn(
-    config: dict, base: dict, info: dict, parent=None, dataset=None, metric: str | None = None, mode: str = "max"
+    config: dict,
+    base: dict,
+    info: dict,
+    search_dir: str,
+    parent=None,
+    dataset=None,
+    metric: str | None = None,
+    mode: str = "max",
 ) -> None:
     """One trial: the job spec with `config` applied, trained by the same loop. `parent`: the
     search's record (opaque here; it comes from the tracking layer), which makes this trial's.
@@ -86,12 +96,17 @@ def trial_fn(
     spec = trial_spec(base, config)
     ctx = tune.get_context()
     spec.train.name = ctx.get_trial_id()
-    record_dir = ctx.get_trial_dir() + "/distgan"
+    # The trial's directory in the search's storage. Tune's `get_trial_dir()` is a local staging
+    # copy, new at each driver start and uploaded over the stored one: a resumed trial would
+    # start its record afresh there, and a trial on another node would keep its checkpoints.
+    trial_dir = storage.join(search_dir, Path(ctx.get_trial_dir()).name)
+    record_dir = storage.join(trial_dir, "distgan")
     target = parent.trial_target(spec.train.name, config, record_dir) if parent else None
     info = DataInfo(**info)
     if spec.scaling.workers == 1:
         session = TuneSession(dataset, spec.scaling.gpu, spec.scaling.cpus_per_worker)
-        loop.run(spec, info, session, target.open(session.progress) if target else None)
+        session.record = target.open(session.progress) if target else None
+        loop.run(spec, info, session, session.record)
         return
     datasets = {"train": dataset} if dataset is not None else None
     # TuneReportCallback forwards each Train checkpoint's path (`checkpoint_path`), not a Tune
@@ -100,7 +115,7 @@ def trial_fn(
         spec,
         info,
         target,
-        ctx.get_trial_dir(),
+        trial_dir,
         datasets=datasets,
         callbacks=[TuneReportCallback()],
         keep_best=(metric, mode) if metric else None,
@@ -182,6 +197,15 @@ class TrialLog(tune.Callback):
         # copy goes without it; this object, not the copy, is the one that echoes.
         return self.__dict__ | {"echo": None}
 
+    # Tune saves this state with each experiment checkpoint and hands it back on a restore (a
+    # resumed search keeps the reports and stop reasons of the trials that ran before).
+    def get_state(self) -> dict:
+        return {"history": self.history, "evals": self.evals, "reasons": dict(self.reasons)}
+
+    def set_state(self, state: dict) -> None:
+        self.history, self.evals = state["history"], state["evals"]
+        self.reasons.update(state["reasons"])  # in place: the stopper restored beside it shares this dict
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "step" in result:
             self.evals.setdefault(trial.trial_id, []).append(_eval(result, result.get(CHECKPOINT_PATH_KEY)))
@@ -228,13 +252,17 @@ def fit_trials(
     parent=None,
     dataset=None,
     n_modes: int | None = None,
+    resume: bool = False,
 ) -> tuple[list[dict], float]:
-    """Run every trial; returns (their rows, sorted by trial id; wall seconds)."""
+    """Run every trial; returns (their rows, sorted by trial id; wall seconds). `resume`: restore the
+    search `<storage_path>/<name>` (Tune's `Tuner.restore`): trials that ended are not run again,
+    unfinished ones go on from their last checkpoint."""
     space = tune_space(search)
     trainable = tune.with_parameters(
         trial_fn,
         base=spec.model_dump(mode="json"),
         info=info.__dict__,
+        search_dir=storage.join(storage_path, name),
         parent=parent,
         dataset=dataset,
         metric=search.metric,
@@ -250,6 +278,18 @@ def fit_trials(
     )
     # Tune's new console output ignores verbose=0; the legacy one honours it (our lines suffice)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune checkpoints the experiment at most every 10 s by default: a driver lost in that window
+    # would run a trial that had ended again. A search's state is a few trials: save it every second.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    if resume:
+        tuner = tune.Tuner.restore(
+            storage.join(storage_path, name), tune.with_resources(trainable, per_trial), resume_unfinished=True
+        )
+        # The restored search runs the stopper and callbacks it started with (unpickled, their state
+        # from its last checkpoint); Tune has no public handle on them (ray-project/ray#41364).
+        log = next(c for c in tuner._local_tuner.get_run_config().callbacks if isinstance(c, TrialLog))
+        log.echo = echo
+        return _fit(tuner, log, spec.train.steps, search)
     stopper = DivergenceStopper(search, n_modes, spec.loss.type) if search.early_stop else None
     reasons = stopper.reasons if stopper else {}
     log = TrialLog(echo, reasons, spec.train.steps, search.metric, list(search.space), search.scheduler)
@@ -265,10 +305,18 @@ def fit_trials(
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, stop=stopper, verbose=0, callbacks=[log]),
     )
+    return _fit(tuner, log, spec.train.steps, search)
+
+
+def _fit(tuner, log: TrialLog, total_steps: int, search: SearchSpec) -> tuple[list[dict], float]:
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    return trial_rows(grid, reasons, spec.train.steps, search, log.history, log.evals), wall
+    return trial_rows(grid, log.reasons, total_steps, search, log.history, log.evals), wall
+
+
+def can_resume(path: str) -> bool:
+    return tune.Tuner.can_restore(path)
 
 
 def trial_rows(

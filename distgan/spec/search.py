@@ -115,7 +115,19 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
     """(the base job spec every trial starts from, the search spec)."""
     p = Path(path) if path is not None else DEFAULT_SEARCH
     source = str(path) if path is not None else "the default search"
-    tree = read_yaml(p, "search spec", source)
+    return search_from_tree(read_yaml(p, "search spec", source), source, p.parent, overrides)
+
+
+def saved_tree(spec: JobSpec, search: SearchSpec) -> dict:
+    """The whole search spec as one tree (no `base`): what a resumed search reads back."""
+    return {**spec.model_dump(mode="json"), "search": search.model_dump(mode="json")}
+
+
+def search_from_tree(
+    tree: dict, source: str, base_dir: Path | None = None, overrides: list[str] = ()
+) -> tuple[JobSpec, SearchSpec]:
+    """A search spec's tree (its `base` looked up next to it, in `base_dir`, or among the shipped jobs)."""
+    tree = dict(tree)
     base_name = tree.pop("base", None)
     search_tree = tree.pop("search", None)
     if search_tree is None:
@@ -124,7 +136,7 @@ def load_search(path: str | Path | None = None, overrides: list[str] = ()) -> tu
         )
     base: dict = {}
     if base_name:
-        candidates = [p.parent / base_name, JOBS_DIR / base_name]
+        candidates = [*([base_dir / base_name] if base_dir else []), JOBS_DIR / base_name]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise InputError(f"{source}: base {base_name!r} not found next to it or among the shipped jobs")

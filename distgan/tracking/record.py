@@ -60,6 +60,7 @@ class _Sender(threading.Thread):
         self.pending: queue.Queue = queue.Queue()
         self.delivered, self.dropped, self.last_step = 0, 0, 0
         self.recorded_before = 0  # the last step an earlier attempt of this run recorded
+        self.away = False  # the server is not answering (records are held)
 
     def put(self, kind: str, payload) -> None:
         self.pending.put((kind, payload))
@@ -113,17 +114,24 @@ class _Sender(threading.Thread):
                         refused = True
                         break
                     if down_since is None:
-                        down_since = time.monotonic()
+                        down_since, self.away = time.monotonic(), True
                         self.warn(
                             f"warning: MLflow at {self.uri} unreachable ({type(e).__name__}); training goes "
                             "on, records are held and sent when it is back"
                         )
                     time.sleep(2.0)
             if down_since is not None:
+                self.away = False
                 self.warn(
                     f"MLflow at {self.uri} is back after {time.monotonic() - down_since:.0f}s; sending held records"
                 )
             self.delivered += 0 if refused else 1
+            self.pending.task_done()
+
+    def flush(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) until every record put so far was sent; not while the server is away."""
+        with self.pending.all_tasks_done:
+            self.pending.all_tasks_done.wait_for(lambda: self.away or not self.pending.unfinished_tasks, timeout)
 
     def close(self, timeout: float) -> int:
         """Wait for the queue to drain; the number of records still undelivered."""
@@ -209,6 +217,12 @@ class RunRecord:
         if not self.metrics_path.exists():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) until MLflow has every record so far, unless it is away: before a report
+        that may end the process (a Tune trial its scheduler or stopper ends)."""
+        if self.sender:
+            self.sender.flush(timeout)
 
     def close(self) -> int:
         """Flush to MLflow (bounded wait); how many records could not be delivered."""
