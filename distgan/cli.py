@@ -190,6 +190,34 @@ def _data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _track_sync(args: argparse.Namespace) -> int:
+    from distgan.commands import track_sync
+
+    out = track_sync.sync(args.run_dir, args.tracking_uri, echo=_echo)
+    _write_json(args.json_out, out)
+    if out["status"] == "nothing":
+        print(
+            f"nothing to sync: MLflow run {out['mlflow_run_id']} at {out['tracking_uri']} has all of {out['run_dir']}"
+        )
+        return 0
+    if out["status"] != "synced":
+        print(
+            f"could not sync MLflow run {out['mlflow_run_id']}: {out['error']}; nothing is lost, run it again "
+            "when the server is back",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"synced MLflow run {out['mlflow_run_id']} ({out['run_status']} after {out['steps']} steps)")
+    print(f"metric points sent: {out['metric_points']}")
+    print(f"sample images sent: {out['images']}")
+    if out["logged_model_uri"]:
+        print(f"generator {'logged' if out['logged'] else 'already logged'}: {out['logged_model_uri']}")
+    if out["model_uri"]:
+        registered = "registered" if out["registered"] else "already registered"
+        print(f"{registered}: {out['model_uri']}{' (champion)' if out['champion'] else ''}")
+    return 0
+
+
 def _datasets(args: argparse.Namespace) -> int:
     from distgan import data
 
@@ -435,6 +463,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     b.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
     b.set_defaults(fn=_data_build)
+
+    tr = sub.add_parser("track", help="MLflow runs of training runs: sync RUN_DIR").add_subparsers(
+        dest="action", required=True
+    )
+    ty = tr.add_parser(
+        "sync", help="send a run's MLflow run what a tracking server away at its end missed (each thing once)"
+    )
+    ty.add_argument("run_dir", help="the run's directory, <train.storage_path>/<train.name> (a path or a URI)")
+    ty.add_argument("--tracking-uri", help="the run's tracking URI (default: the one it was trained with)")
+    ty.add_argument("--json-out", metavar="FILE", help="write what was sent as one JSON document")
+    ty.set_defaults(fn=_track_sync)
 
     d = sub.add_parser("datasets", help="list the data sources")
     d.set_defaults(fn=_datasets)

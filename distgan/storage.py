@@ -142,6 +142,15 @@ def write(location: str, data: bytes) -> None:
     write_bytes(*resolve(location), data)
 
 
+def remove(location: str) -> None:
+    """Delete the file at `location`; none there is fine."""
+    fs, path = resolve(location)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Written whole or not at all where the filesystem allows it: a temporary name, then a rename
     (object stores write an object in one request, so they need no rename)."""

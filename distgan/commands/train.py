@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import signal
 import threading
@@ -17,7 +18,6 @@ from distgan.commands import preflight, run_lock
 from distgan.core import checkpoint
 from distgan.data import DataInfo
 from distgan.errors import InputError
-from distgan.metrics import names
 from distgan.runtime import ray_data, ray_train
 from distgan.spec.job import JobSpec
 from distgan.tracking import registry
@@ -192,50 +192,40 @@ def _result(
 
 def _finish_tracking(result: TrainResult, spec: JobSpec, info: DataInfo, tracking: TrackingOptions, echo) -> None:
     """The final generator to MLflow (and the registry, when asked), then the run's curves and status.
-    A tracking server gone at the very end does not undo the training: the result says so."""
-    uri, run_id = result.tracking_uri, result.mlflow_run_id
-    # "ok", or the signals that fired: a run that is not ok is never promoted to champion
-    health = result.health if isinstance(result.health, str) else ",".join(s["name"] for s in result.health or [])
-    summary = names.summary(result.metrics)
+    A tracking server gone at the very end does not undo the training: the result says so, and
+    `<run_dir>/distgan/tracking_pending.json` keeps what `distgan track sync` needs to finish the MLflow
+    run later (written too when records went undelivered, or to replace an earlier attempt's)."""
+    meta = registry.generator_meta(spec.model, info, tracking.generator, result.steps)
     try:
-        tags = {"distgan.health": health or "unknown"}
-        if result.precision:
-            tags["distgan.precision"] = result.precision
-        tracking_run.set_tags(uri, run_id, tags)
-        if result.status == "finished" and result.checkpoint:
-            generator = checkpoint.generator(
-                checkpoint.read(result.checkpoint), spec.model, info.sample_shape, tracking.generator
-            )
-            published = registry.publish_generator(
-                uri,
-                run_id,
-                generator,
-                registry.generator_meta(spec.model, info, tracking.generator, result.steps),
-                tracking.register,
-                result.metrics,
-                tags={
-                    "dataset": spec.data.name,
-                    "job": spec.train.name,
-                    "run_id": run_id,
-                    "generator": tracking.generator,
-                    "distgan.health": health,
-                },
-                description=f"{spec.model.arch} generator ({tracking.generator}) trained on {spec.data.name} for "
-                f"{result.steps} steps" + (f"; {summary}" if summary else ""),
-                healthy=health == "ok",
-            )
-            result.logged_model_uri, result.model_uri, result.champion = (
-                published["logged_model_uri"],
-                published["model_uri"],
-                published["champion"],
-            )
-        tracking_run.append_note(
-            uri, run_id, f"**{result.status}** after {result.steps} steps" + (f": {summary}" if summary else "")
+        published = tracking_run.finish_training_run(
+            result.tracking_uri, result.mlflow_run_id, result.to_json(), meta, tracking.register
         )
-        tracking_run.close_run(uri, run_id, result.status)
+        result.logged_model_uri, result.model_uri, result.champion = (
+            published["logged_model_uri"],
+            published["model_uri"],
+            published["champion"],
+        )
     except Exception as e:
         result.tracking_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        echo(
-            f"warning: could not finish MLflow run {run_id} ({result.tracking_error}); the generator is in "
-            f"{result.checkpoint}"
-        )
+    pending = storage.join(result.run_dir, "distgan", tracking_run.PENDING_FILE)
+    if result.tracking_error or result.tracking_undelivered or storage.read_optional(pending) is not None:
+        doc = {
+            "result": result.to_json(),
+            "tracking": {
+                "register": tracking.register,
+                "generator": tracking.generator,
+                "experiment": tracking.experiment,
+            },
+            "generator_meta": meta,
+        }
+        storage.write(pending, json.dumps(doc, indent=1).encode())
+        if result.tracking_error:
+            what = (
+                f"could not finish MLflow run {result.mlflow_run_id} ({result.tracking_error}); the generator is "
+                f"in {result.checkpoint}"
+            )
+        elif result.tracking_undelivered:
+            what = f"{result.tracking_undelivered} records did not reach MLflow run {result.mlflow_run_id}"
+        else:
+            what = f"MLflow run {result.mlflow_run_id} still lacks records an earlier attempt could not send"
+        echo(f"warning: {what}; when the server is back: distgan track sync {result.run_dir}")

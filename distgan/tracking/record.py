@@ -10,6 +10,9 @@ After a resume from the checkpoint of step S, `metrics.jsonl` is cut back to ste
 trained, each step once. MLflow cannot delete metric points, so there a step is recorded once:
 replayed steps keep the values the dead attempt sent, and series have neither gaps nor duplicates.
 
+What the server never got (it was away past the end of the run) `send_missing` sends later, each
+metric point and image once (`distgan track sync`).
+
 A record in object storage (`s3://...`: the run's `train.storage_path`) is written to a local staging
 directory and each file is uploaded whole as soon as it changes, so the record in storage is never
 behind the run's checkpoints and a resume on another machine continues it.
@@ -17,9 +20,11 @@ behind the run's checkpoints and a resume on another machine continues it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -27,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import yaml
 
 from distgan import storage
@@ -34,6 +40,10 @@ from distgan.tracking.client import mlflow_client
 
 FLUSH_ENV = "DISTGAN_TRACKING_FLUSH_S"
 IMAGE_KEY = "samples"  # the sample grids' key in MLflow (the run's Artifacts -> images, with a step slider)
+LOCAL_IMAGE = re.compile(r"^samples_(\d+)\.png$")  # <record>/images/samples_0000100.png: step 100
+# MLflow's file of a step-aware image: images/samples+step+100+timestamp+...png (before MLflow 3.x: '%')
+MLFLOW_IMAGE = re.compile(rf"^{IMAGE_KEY}[+%]step[+%](\d+)[+%].*\.png$")
+BATCH = 1000  # metric points per log_batch: MLflow's limit
 SYSTEM_METRICS_INTERVAL_S = 5.0  # MLflow's default is 10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
 
 
@@ -257,6 +267,44 @@ def _system_monitor(tracking: dict, warn):
     except Exception as e:
         warn(f"warning: no system metrics ({type(e).__name__}: {e})")
         return None
+
+
+def send_missing(uri: str, run_id: str, record_dir: str) -> dict:
+    """Send to the MLflow run what it lacks of the record in `record_dir` (`<run_dir>/distgan`, local or a
+    URI): the metric points (key, step) of `metrics.jsonl` it has not, the sample images of steps it has
+    none of. Run again, it sends nothing. Returns {"metric_points": n, "images": n} sent."""
+    from mlflow.entities import Metric
+    from PIL import Image
+
+    client = mlflow_client(uri)
+    text = storage.read_optional(storage.join(record_dir, "metrics.jsonl")) or b""
+    rows = [json.loads(line) for line in text.decode().splitlines() if line]
+    keys = sorted({k for row in rows for k in row if k != "step"})
+    have = {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+    now = int(time.time() * 1000)
+    points = [
+        Metric(k, float(v), now, row["step"])
+        for row in rows
+        for k, v in row.items()
+        if k != "step" and v is not None and row["step"] not in have[k]
+    ]
+    for i in range(0, len(points), BATCH):
+        client.log_batch(run_id, metrics=points[i : i + BATCH])
+
+    logged = {
+        int(m[1]) for a in client.list_artifacts(run_id, "images") if (m := MLFLOW_IMAGE.match(a.path.split("/")[-1]))
+    }
+    fs, images = storage.resolve(storage.join(record_dir, "images"))
+    found = fs.get_file_info(pafs.FileSelector(images, allow_not_found=True))
+    local = sorted((int(m[1]), f.path) for f in found if (m := LOCAL_IMAGE.match(f.base_name)))
+    sent = 0
+    for step, path in local:
+        if step not in logged:
+            with Image.open(io.BytesIO(storage.read_bytes(fs, path))) as image:
+                client.log_image(run_id, image.convert("RGB"), key=IMAGE_KEY, step=step)
+            logged.add(step)
+            sent += 1
+    return {"metric_points": len(points), "images": sent}
 
 
 def read_spec(run_dir: str | Path) -> dict | None:

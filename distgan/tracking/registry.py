@@ -62,9 +62,9 @@ def generator_meta(model, info, which: str, steps: int) -> dict:
     }
 
 
-def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict) -> str:
+def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict, tags: dict | None = None) -> str:
     """Log `generator` (eval mode) to the run with MLflow's PyTorch flavour; returns its model URI.
-    `meta`: model spec, sample_shape, latent_dim, dataset, kind, num_classes."""
+    `meta`: model spec, sample_shape, latent_dim, dataset, kind, num_classes; `tags`: the logged model's."""
     import mlflow
 
     configure_env()
@@ -90,6 +90,7 @@ def log_generator(uri: str, run_id: str, generator: torch.nn.Module, meta: dict)
                 serialization_format="pt2",
                 input_example=example,
                 signature=signature,
+                tags=tags,
                 extra_files=[f"{tmp}/{WEIGHTS_FILE}", f"{tmp}/{META_FILE}"],
                 # explicit: inferring requirements costs ~7 s per call
                 pip_requirements=[
@@ -159,21 +160,63 @@ def register(
 def publish_generator(
     uri: str,
     run_id: str,
-    generator: torch.nn.Module,
+    generator,
     meta: dict,
     register_as: str | None,
     metrics: dict,
     tags: dict,
     description: str,
     healthy: bool = True,
+    key: dict[str, str] | None = None,
 ) -> dict:
-    """Log `generator` to the run and, when `register_as` names a model, register it under the
-    champion rule. Returns {"logged_model_uri", "model_uri", "champion"}."""
-    out = {"logged_model_uri": log_generator(uri, run_id, generator, meta), "model_uri": None, "champion": None}
+    """Log the generator to the run and, when `register_as` names a model, register it under the
+    champion rule. `generator`: the module, or a function that makes it (called only to log it).
+
+    With `key` (tags that tell this generator from the run's others, e.g. its step), each part is done
+    once however often it is called: a generator the run already logged under `key` is not logged again,
+    one already registered under `register_as` not registered again. Returns {"logged_model_uri",
+    "model_uri", "champion", "logged": bool, "registered": bool} (False: found done already)."""
+    client = mlflow_client(uri)
+    logged = _logged_model(client, run_id, key) if key else None
+    out = {"logged_model_uri": logged, "model_uri": None, "champion": None, "logged": logged is None}
+    if logged is None:
+        module = generator() if callable(generator) and not isinstance(generator, torch.nn.Module) else generator
+        out["logged_model_uri"] = log_generator(uri, run_id, module, meta, key)
+    out["registered"] = False
     if register_as:
-        reg = register(uri, out["logged_model_uri"], register_as, meta["kind"], metrics, tags, description, healthy)
-        out["model_uri"], out["champion"] = reg["model_uri"], reg["champion"]
+        version = None if logged is None else _version_of(client, register_as, run_id, logged)
+        if version is None:
+            reg = register(uri, out["logged_model_uri"], register_as, meta["kind"], metrics, tags, description, healthy)
+            out["model_uri"], out["champion"], out["registered"] = reg["model_uri"], reg["champion"], True
+        else:
+            champion = _champion(client, register_as)
+            out["model_uri"] = f"models:/{register_as}/{version.version}"
+            out["champion"] = champion is not None and champion.version == version.version
     return out
+
+
+def _logged_model(client, run_id: str, key: dict[str, str]) -> str | None:
+    """The URI of the run's logged model (READY: completely uploaded) with the tags `key`, or None."""
+    from mlflow.entities import LoggedModelStatus
+
+    experiment_id = client.get_run(run_id).info.experiment_id
+    where = " AND ".join([f"source_run_id = '{run_id}'", *(f"tags.`{k}` = '{v}'" for k, v in key.items())])
+    found = client.search_logged_models([experiment_id], filter_string=where)
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    return ready[0].model_uri if ready else None
+
+
+def _version_of(client, name: str, run_id: str, model_uri: str):
+    """The version of `name` registered from the logged model `model_uri` of `run_id`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return next((v for v in versions if v.source == model_uri), None)
 
 
 def _champion(client, name: str):

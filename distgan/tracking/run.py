@@ -1,6 +1,8 @@
 """The MLflow run of a training run or search: what the user asked of MLflow (`TrackingOptions`),
 opening the run on the driver (params, spec, tags, the dataset as a run input, a description),
-closing it (curves, status), and the target rank 0 records into (`RecordTarget`).
+finishing a training run's (the generator logged and registered, the note, curves, status: each part
+done once, so `distgan track sync` can do again what a server away at the end left undone), and the
+target rank 0 records into (`RecordTarget`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from pathlib import Path
 import yaml
 
 from distgan import __version__, storage
-from distgan.core import plots
+from distgan.core import checkpoint, plots
 from distgan.data import DataInfo, files
-from distgan.metrics.names import is_quality
-from distgan.spec.job import flatten
+from distgan.metrics.names import is_quality, summary
+from distgan.spec.job import ModelSpec, flatten
 from distgan.tracking import registry
 from distgan.tracking.client import check_reachable, configure_env, mlflow_client, resolve_uri
 from distgan.tracking.record import RecordTarget
+
+SAVED_FILE = "mlflow.json"  # in <run_dir>/distgan/: the run's tracking URI, run id and experiment id
+# in <run_dir>/distgan/ while MLflow lacks part of the run: what `distgan track sync` needs to finish it
+PENDING_FILE = "tracking_pending.json"
 
 
 @dataclass
@@ -81,7 +87,7 @@ def open_run(
     )
 
     client = mlflow_client(uri)
-    saved = storage.join(str(run_dir), "distgan", "mlflow.json")  # with the run, wherever it is stored
+    saved = storage.join(str(run_dir), "distgan", SAVED_FILE)  # with the run, wherever it is stored
     if (text := storage.read_optional(saved)) is not None:
         previous = json.loads(text)
         if previous["tracking_uri"] == uri:
@@ -161,11 +167,13 @@ def log_dataset(client, run_id: str, data, info: DataInfo) -> None:
 
 
 def append_note(uri: str, run_id: str, text: str) -> None:
-    """Add a paragraph to the run's description (`mlflow.note.content`)."""
+    """Add a paragraph to the run's description (`mlflow.note.content`), unless it ends with it already."""
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
     client = mlflow_client(uri)
     note = client.get_run(run_id).data.tags.get(MLFLOW_RUN_NOTE, "")
+    if note.endswith(text):
+        return
     client.set_tag(run_id, MLFLOW_RUN_NOTE, f"{note}\n\n{text}" if note else text)
 
 
@@ -189,6 +197,52 @@ def close_run(uri: str, run_id: str, status: str) -> None:
     client.set_terminated(
         run_id, {"finished": "FINISHED", "diverged": "FAILED", "killed": "KILLED"}.get(status, "FAILED")
     )
+
+
+def finish_training_run(uri: str, run_id: str, result: dict, meta: dict, register_as: str | None) -> dict:
+    """Finish a training run's MLflow run from its result (`TrainResult.to_json()`): health and precision
+    tags; a finished run's generator (from its checkpoint; `meta`: `registry.generator_meta`) logged and,
+    given `register_as`, registered under the champion rule; the "**status** after N steps" note; curves
+    and the status. Each part is done once: called again (a sync after a server away at the end), it
+    does only what is missing. Returns `registry.publish_generator`'s dict (all None when no generator)."""
+    # "ok", or the signals that fired: a run that is not ok is never promoted to champion
+    health = result["health"]
+    health = health if isinstance(health, str) else ",".join(s["name"] for s in health or [])
+    text = summary(result["metrics"])
+    tags = {"distgan.health": health or "unknown"}
+    if result["precision"]:
+        tags["distgan.precision"] = result["precision"]
+    set_tags(uri, run_id, tags)
+    published = {"logged_model_uri": None, "model_uri": None, "champion": None, "logged": False, "registered": False}
+    if result["status"] == "finished" and result["checkpoint"]:
+        which = meta["generator"]
+        published = registry.publish_generator(
+            uri,
+            run_id,
+            lambda: checkpoint.generator(
+                checkpoint.read(result["checkpoint"]),
+                ModelSpec.model_validate(meta["model"]),
+                tuple(meta["sample_shape"]),
+                which,
+            ),
+            meta,
+            register_as,
+            result["metrics"],
+            tags={
+                "dataset": meta["dataset"],
+                "job": result["name"],
+                "run_id": run_id,
+                "generator": which,
+                "distgan.health": health,
+            },
+            description=f"{meta['model']['arch']} generator ({which}) trained on {meta['dataset']} for "
+            f"{result['steps']} steps" + (f"; {text}" if text else ""),
+            healthy=health == "ok",
+            key={"distgan.steps": str(result["steps"]), "distgan.generator": which},
+        )
+    append_note(uri, run_id, f"**{result['status']}** after {result['steps']} steps" + (f": {text}" if text else ""))
+    close_run(uri, run_id, result["status"])
+    return published
 
 
 @dataclass(frozen=True)
