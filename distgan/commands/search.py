@@ -82,15 +82,8 @@ def search(
     tracking = tracking or TrackingOptions()
     info = preflight.check_search(spec, search_spec)
     uri = tracking.prepare()
-    if resume:
-        location, name = resume.rsplit("/", 1)
-    else:
-        location = storage.absolute(spec.train.storage_path or ray_train.DEFAULT_STORAGE)
-        storage.check_storage(location)
-        name = f"search-{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        tree = saved_tree(spec, search_spec)
-        storage.write(storage.join(location, name, SAVED_SPEC), yaml.safe_dump(tree, sort_keys=False).encode())
-    search_dir = storage.join(location, name)
+    search_dir = resume or _new_search_dir(spec, search_spec)
+    location, name = search_dir.rsplit("/", 1)
     echo(f"search {search_dir} (should its driver stop: distgan search --resume {search_dir})")
     with ray_train.ray_session(address):
         parent = None
@@ -98,17 +91,9 @@ def search(
             named = spec.model_copy(update={"train": spec.train.model_copy(update={"name": name})})
             parent = tracking_run.open_search_run(uri, tracking.experiment, named, search_dir, search_spec, info)
         dataset = (ray_data.datasets(spec.data, info, materialize=True) or {}).get("train")
+        n_modes = preflight.count_modes(spec, info)
         trials, wall = tune.fit_trials(
-            spec,
-            search_spec,
-            info,
-            name,
-            location,
-            echo,
-            parent,
-            dataset,
-            preflight.count_modes(spec, info),
-            resume=resume is not None,
+            spec, search_spec, info, name, location, echo, parent, dataset, n_modes, resume=resume is not None
         )
     best = tune.best_trial(trials, search_spec)
     result = SearchResult(
@@ -129,6 +114,16 @@ def search(
             _publish_best(result, best, spec, info, tracking, parent.uri, len(trials))
         tracking_run.finish_search(parent, result.status)
     return result
+
+
+def _new_search_dir(spec: JobSpec, search_spec: SearchSpec) -> str:
+    """`<storage>/search-<data>-<time>`, checked, with the spec saved in it (what `--resume` reads)."""
+    location = storage.absolute(spec.train.storage_path or ray_train.DEFAULT_STORAGE)
+    storage.check_storage(location)
+    search_dir = storage.join(location, f"search-{spec.data.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    tree = yaml.safe_dump(saved_tree(spec, search_spec), sort_keys=False)
+    storage.write(storage.join(search_dir, SAVED_SPEC), tree.encode())
+    return search_dir
 
 
 def _publish_best(
