@@ -34,7 +34,6 @@ ROWS = {
     "stacked-digits": ("stacked-digits.yaml", ("modes", "reverse_kl")),
     "seed-minimax": ("seed-minimax.yaml", ("classes_covered", "fd_digits")),
     "seed-fixed": ("seed-fixed.yaml", ("classes_covered", "fd_digits")),
-    "digits-28-resnet": ("digits-28-resnet.yaml", ("classes_covered", "fd_digits")),
 }
 
 
