@@ -217,7 +217,7 @@ def test_a_diverging_image_run_ends_diverged(tmp_path, monkeypatch):
 
 
 def test_a_resume_replaces_the_rows_of_the_dead_trajectory(tmp_path, monkeypatch):
-    def die_at_50(step, rank):
+    def die_at_50(step, rank, node_id):
         if step == 50:
             raise RuntimeError("worker lost")
 
