@@ -24,6 +24,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distgan import storage
 from distgan.core import loop
@@ -226,8 +227,11 @@ def fit_with_progress(
 
     The fit runs in a thread: Ray Train takes over SIGINT when fit() runs in the main thread (and
     aborts the run without a checkpoint), so the main thread, free for the caller's handlers, echoes."""
-    progress = Queue(actor_options={"num_cpus": 0})
-    stop_queue = Queue(actor_options={"num_cpus": 0}) if stop is not None else None
+    # On the driver's node: anywhere else, losing that node would fail every restarted worker group
+    # (each calls them) until train.max_failures is spent.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    stop_queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here}) if stop is not None else None
     trainer = build_torch_trainer(spec, info, record, storage_path, progress, datasets, stop=stop_queue)
     outcome: dict = {}
 

@@ -57,6 +57,7 @@ def test_a_lost_node_the_run_goes_on_from_its_checkpoint_on_the_node_left(tmp_pa
             f"train.checkpoint_every={CHECKPOINT_EVERY}",
             f"train.storage_path={tmp_path}",
             "train.name=lost",
+            "train.max_failures=3",  # the default, said: a lost node costs one restart
         ],
     )
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
