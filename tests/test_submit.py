@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import REPO, free_port, read_json, run_cli
+from conftest import REPO, free_port, read_json, run_cli, stop_server
 
 GRID25 = str(REPO / "jobs" / "grid25.yaml")
 SHORT = [
@@ -347,12 +346,7 @@ def test_tracking_server_serves_with_lean_settings(tmp_path):
         )
         assert me.environ()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc)
 
 
 # --- on a two-node cluster ----------------------------------------------------------------------
