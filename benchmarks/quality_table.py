@@ -27,7 +27,6 @@ from distgan.tracking.record import RunRecord
 # row name -> (shipped job, the metrics it is judged by)
 ROWS = {
     "grid25": ("grid25.yaml", ("modes", "high_quality", "reverse_kl")),
-    "grid25-fast": ("grid25-fast.yaml", ("modes", "high_quality", "reverse_kl")),
     "grid25-best": ("grid25-best.yaml", ("modes", "high_quality", "reverse_kl")),
     "ring8": ("ring8.yaml", ("modes", "high_quality", "reverse_kl")),
     "ring8-best": ("ring8-best.yaml", ("modes", "high_quality", "reverse_kl")),

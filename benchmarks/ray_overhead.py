@@ -75,8 +75,8 @@ def main() -> None:
     after = bare_step_time(spec, args.steps, args.warmup)
     bare = (before + after) / 2
     print(
-        f"job: default grid25 (mlp 3x256, batch {spec.train.batch_size}), {args.steps} timed steps after "
-        f"{args.warmup} warm-up, 1 worker, 1 thread"
+        f"job: default grid25 (mlp {spec.model.g_hidden}, batch {spec.train.batch_size}), {args.steps} timed steps "
+        f"after {args.warmup} warm-up, 1 worker, 1 thread"
     )
     print(f"bare loop   : {bare * 1e3:7.2f} ms/step  (before {before * 1e3:.2f}, after {after * 1e3:.2f})")
     print(f"Ray Train   : {ray * 1e3:7.2f} ms/step")

@@ -87,6 +87,7 @@ def train(
         )
         target = RecordTarget(storage.join(run_dir, "distgan"), uri, run_id, tracking.system_metrics)
         datasets = ray_data.datasets(spec.data, info, _resume_salt(run_dir))
+        preload = tracking_run.preload_finishing_imports() if run_id else None
         with _stop_on_signals(echo) as stop:
             fit, error, wall = ray_train.fit_with_progress(
                 spec, info, target, run_dir.rsplit("/", 1)[0], echo, datasets, stop.event
@@ -95,6 +96,7 @@ def train(
         result.interrupted_by = stop.signal_name if result.status == "killed" else None
         if run_id:  # still under the run's lock: a second run of this name would reopen this MLflow run
             _finish_tracking(result, spec, info, tracking, echo)
+            preload.join()  # (a run that ended at once) no import left running as the process exits
     return result
 
 

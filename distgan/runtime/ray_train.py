@@ -61,14 +61,27 @@ def quiet_worker_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# worker_env() as it was when this process started a local Ray (None otherwise): that Ray's raylet is
+# a child of this process, so its workers inherit these values with no runtime env.
+_env_of_local_ray: dict[str, str] | None = None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None):
     """Ray for the block: joins `address` (or starts a local Ray in-process) unless this process is
     already connected; shuts down only what it started."""
+    global _env_of_local_ray
     started = not ray.is_initialized()
     if started:
-        env = {k: v for k, v in worker_env().items() if k not in _job_env_vars()}
-        runtime_env = {"env_vars": env, "worker_process_setup_hook": "distgan.runtime.ray_train.quiet_worker_logs"}
+        runtime_env = None
+        if address is None:
+            # No runtime env: Ray then hands actors the worker processes it prestarts, where one with a
+            # runtime env waits for a fresh process each (about 5 s of a short run's start on 2 cores).
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            _env_of_local_ray = worker_env()
+        else:
+            env = {k: v for k, v in worker_env().items() if k not in _job_env_vars()}
+            runtime_env = {"env_vars": env, "worker_process_setup_hook": "distgan.runtime.ray_train.quiet_worker_logs"}
         # Ray's own console lines (its token-auth notice, worker logs, internal errors of its helper
         # actors) only with -v: distgan prints what the run does, and an ERROR line reads as a failure.
         verbose = logging.getLogger("distgan").isEnabledFor(logging.DEBUG)
@@ -84,6 +97,13 @@ def ray_session(address: str | None):
     finally:
         if started:
             ray.shutdown()
+            _env_of_local_ray = None
+
+
+def worker_runtime_env() -> dict | None:
+    """The Train workers' runtime env: distgan's env vars, unless they would inherit exactly these."""
+    env = worker_env()
+    return None if env == _env_of_local_ray else {"env_vars": env}
 
 
 def _job_env_vars() -> dict[str, str]:
@@ -124,6 +144,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.node_id = ray.get_runtime_context().get_node_id()
         self._queue, self._stop = progress_queue, stop_queue
+        self._stop_asked = None  # rank 0's pending "is a stop queued?" call to the driver's queue actor
 
     def prepare_model(self, model):
         # BatchNorm buffers stay per-rank after init: syncing them on every forward costs a
@@ -148,14 +169,24 @@ class RaySession:
             self._queue.put_nowait(line)
 
     def stop_requested(self) -> bool:
-        # Rank 0 asks the driver's stop queue (one actor call); the loop shares its answer with all ranks.
-        return self.rank == 0 and self._stop is not None and not self._stop.empty()
+        """Rank 0 asks the driver's stop queue without waiting for the answer: it reads the answer at the
+        first call after it arrived, then asks again (waiting on each round trip to the actor cost a
+        small model a third of its step time on 2 cores). The loop shares the answer with all ranks."""
+        if self.rank != 0 or self._stop is None:
+            return False
+        if self._stop_asked is None:
+            self._stop_asked = self._stop.actor.qsize.remote()
+        if not ray.wait([self._stop_asked], timeout=0)[0]:
+            return False
+        queued, self._stop_asked = ray.get(self._stop_asked), None
+        return queued > 0
 
 
 def train_loop_per_worker(config: dict) -> dict:
     # R1's double backward leaves D's last weight grad with transposed strides: DDP copies that
     # one small tensor into its bucket, and warns about it at every step otherwise.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    quiet_worker_logs()  # also where no runtime env ran it (a local Ray)
     spec = JobSpec.model_validate(config["spec"])
     # One torch thread per CPU the worker holds: Ray does not always set OMP_NUM_THREADS, and
     # torch's default (one per core) oversubscribes the machine and stalls gloo all-reduces.
@@ -211,7 +242,7 @@ def build_torch_trainer(
                 num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=order
             ),
             logging_config=LoggingConfig(log_level="WARNING"),
-            worker_runtime_env={"env_vars": worker_env()},
+            worker_runtime_env=worker_runtime_env(),
             callbacks=list(callbacks),
         ),
         datasets=datasets,
