@@ -42,7 +42,7 @@ def test_overrides_are_typed_and_nested():
             "loss.type: Input should be 'minimax', 'nonsaturating', 'hinge', 'wgan_gp', 'lsgan' or 'rpgan'",
         ),
         (["optim.betas_g=[0.5, 1.5]"], "optim.betas_g must be two numbers in [0, 1)"),
-        (["scaling.workers=3"], "train.batch_size=512 does not split evenly over scaling.workers=3"),
+        (["scaling.workers=3"], "train.batch_size=128 does not split evenly over scaling.workers=3"),
         (["model.arch=dcgan"], "model.arch=dcgan makes images; grid25 is 2-D points: use model.arch=mlp"),
         (["data.name=parquet"], "data.name=parquet needs data.path"),
         (["data.path=/x.parquet"], "data.path is only for parquet/imagefolder data"),

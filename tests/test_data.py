@@ -198,7 +198,7 @@ def test_bad_data_via_cli_exits_2(tmp_path):
         "metrics.feature_net=none",
         cwd=tmp_path,
     )
-    assert r.returncode == 2 and "parquet has 10 rows: 10 per worker, fewer than the per-worker batch 512" in r.stderr
+    assert r.returncode == 2 and "parquet has 10 rows: 10 per worker, fewer than the per-worker batch 128" in r.stderr
     assert not (tmp_path / "distgan_runs").exists()
 
 

@@ -103,7 +103,7 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_resumes(tmp_path, mlflo
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == res["mlflow_run_id"] and runs[0].info.status == "FINISHED"
     run = runs[0]
-    assert run.data.params["optim.lr_g"] == "0.0005" and run.data.params["scaling.workers"] == "2"
+    assert run.data.params["optim.lr_g"] == "0.001" and run.data.params["scaling.workers"] == "2"
     assert run.data.tags["dataset"] == "grid25" and run.data.tags["workers"] == "2" and run.data.tags["device"] == "cpu"
     for key in ("loss_d", "loss_g", "grad_norm_d", "img_per_s", "modes", "high_quality"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(25, 301, 25)), key

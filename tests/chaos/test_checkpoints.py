@@ -116,8 +116,9 @@ def test_a_failed_write_leaves_no_partial_state(tmp_path):
 
 FULL_DISK = r"""
 set -e
-mount -t tmpfs -o size=10m tmpfs "$STORE"  # room for one checkpoint of the default model, not two
+mount -t tmpfs -o size=10m tmpfs "$STORE"  # room for one checkpoint of these 256-wide nets, not two
 train() { python -m distgan train --no-tracking --name full --set train.storage_path="$STORE" \
+    --set 'model.g_hidden=[256,256,256]' --set 'model.d_hidden=[256,256,256]' \
     --set train.steps=60 --set train.eval_every=20 --set train.checkpoint_every=20 --set train.batch_size=64 \
     --set train.eval_samples=200 --set train.final_eval_seeds=1 --set train.max_failures=0 "$@"; }
 rc=0; train --json-out "$OUT/full.json" 2> "$OUT/full.stderr" || rc=$?; echo "$rc" > "$OUT/full.rc"
