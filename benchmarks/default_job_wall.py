@@ -5,7 +5,7 @@ MLflow store, a local Ray started in-process). Split into:
 - start: the command's start to the first training step (Python, Ray, the MLflow run, Ray Train's
   controller and worker), estimated as the first progress line's time less one eval interval of
   training at the run's mean step time;
-- train: the training loop (its steps and evals, as the run's own `wall_s` less the start-up part);
+- train: the estimated first step to the last progress line (the steps and evals);
 - end: the last progress line to the exit (final evaluation, the model logged and registered, Ray's
   shutdown).
 

@@ -46,7 +46,8 @@ def _train_while_the_server_goes(tmp_path, server: MlflowServer) -> tuple[dict, 
     args += ["--experiment", f"sync-{tmp_path.name}", "--json-out", str(out)]
     for key, value in (("storage_path", tmp_path), ("steps", STEPS), ("eval_every", EVAL_EVERY)):
         args += ["--set", f"train.{key}={value}"]
-    # the nets and batch this window was sized for: the default job's steps end before the server is stopped
+    # nets and a batch whose 60 steps stay healthy: the default job's read as mode collapse at step 40, and an
+    # unhealthy run is never champion
     args += ["--set", "model.g_hidden=[256,256,256]", "--set", "model.d_hidden=[256,256,256]"]
     args += ["--set", "train.batch_size=512"]
     proc = subprocess.Popen(
