@@ -92,7 +92,9 @@ def _search(args: argparse.Namespace) -> int:
         spec, search_spec, resume = search.load_resumed(args.resume)
     else:
         spec, search_spec = load_search(args.spec, overrides)
-    tracking = TrackingOptions(not args.no_tracking, args.tracking_uri, args.experiment, args.register)
+    tracking = TrackingOptions(
+        not args.no_tracking, args.tracking_uri, args.experiment, args.register, system_metrics=args.system_metrics
+    )
     result = search.search(spec, search_spec, address=args.address, tracking=tracking, echo=_echo, resume=resume)
     _write_json(args.json_out, result.to_json())
     print(
@@ -330,6 +332,14 @@ def _positive(cast):
     return parse
 
 
+def _system_metrics_option(p: argparse.ArgumentParser, of_what: str) -> None:
+    p.add_argument(
+        "--system-metrics",
+        action="store_true",
+        help=f"record MLflow system metrics (CPU, memory, disk, network, GPU) of {of_what} as system/* metrics",
+    )
+
+
 def _tracking_options(p: argparse.ArgumentParser, uri_help: str, register_help: str, off_help: str) -> None:
     """MLflow options of the commands that train (train, search, submit)."""
     p.add_argument("--tracking-uri", help=uri_help)
@@ -365,11 +375,7 @@ def parser() -> argparse.ArgumentParser:
         "no MLflow run (the run directory still records everything)",
     )
     t.add_argument("--generator", choices=["ema", "raw"], default="ema", help="which generator to log (default: ema)")
-    t.add_argument(
-        "--system-metrics",
-        action="store_true",
-        help="record MLflow system metrics (CPU, memory, disk, network, GPU) of rank 0's node as system/* metrics",
-    )
+    _system_metrics_option(t, "rank 0's node")
     t.set_defaults(fn=_train)
 
     s = sub.add_parser("search", help="search hyperparameters with Ray Tune (default: jobs/search-grid25.yaml)")
@@ -392,6 +398,7 @@ def parser() -> argparse.ArgumentParser:
         "register the best trial's generator under NAME",
         "no MLflow runs",
     )
+    _system_metrics_option(s, "each trial's rank-0 node, in the trial's nested run")
     s.add_argument("--json-out", metavar="FILE", help="write the result as one JSON document")
     s.set_defaults(fn=_search)
 

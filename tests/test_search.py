@@ -118,7 +118,9 @@ def test_diverging_trials_end_early_healthy_run_on_and_best_is_registered(tmp_pa
         "search-test",
         "--register",
         "ring8-search",
+        "--system-metrics",
         cwd=tmp_path,
+        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
         timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -138,6 +140,14 @@ def test_diverging_trials_end_early_healthy_run_on_and_best_is_registered(tmp_pa
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{res['mlflow_run_id']}'"
     )
     assert sorted(c.data.tags["stop_reason"] for c in children) == ["completed", "grad_explosion"]
+    for child in children:  # each trial's run page: its data, what it trained, where it came from
+        assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["ring8"]
+        assert child.data.tags["mlflow.source.name"] == "distgan search"
+        assert "on ring8" in child.data.tags["mlflow.note.content"]
+        assert "lsgan loss, 400 generator steps" in child.data.tags["mlflow.note.content"]
+    # --system-metrics: the healthy trial's rank 0 sampled its node (every second here) for its ~400 steps
+    (completed,) = [c for c in children if c.data.tags["stop_reason"] == "completed"]
+    assert 0 <= completed.data.metrics["system/cpu_utilization_percentage"] <= 100
     assert {a.path for a in client.list_artifacts(res["mlflow_run_id"], "search")} == {
         "search/trials.csv",
         "search/trials.parquet",

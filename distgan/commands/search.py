@@ -89,7 +89,9 @@ def search(
         parent = None
         if uri:
             named = spec.model_copy(update={"train": spec.train.model_copy(update={"name": name})})
-            parent = tracking_run.open_search_run(uri, tracking.experiment, named, search_dir, search_spec, info)
+            parent = tracking_run.open_search_run(
+                uri, tracking.experiment, named, search_dir, search_spec, info, tracking.system_metrics
+            )
         dataset = (ray_data.datasets(spec.data, info, materialize=True) or {}).get("train")
         n_modes = preflight.count_modes(spec, info)
         trials, wall = tune.fit_trials(

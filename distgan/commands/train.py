@@ -74,7 +74,11 @@ def train(
     run_dir = _run_dir(spec)
     storage.check_storage(run_dir)
     preflight.check_resume(spec, run_dir)
-    with run_lock.hold(run_dir, spec.train.name), ray_train.ray_session(address):
+    with (
+        run_lock.hold(run_dir, spec.train.name),
+        tracking_run.store_opening(uri) as store_open,  # while Ray starts
+        ray_train.ray_session(address),
+    ):
         if address is not None:
             _check_joined_cluster(spec, address, uri)
         if info.kind == "image" and preflight.feature_net_name(spec, info) is None:
@@ -82,6 +86,7 @@ def train(
                 f"note: no feature network for {spec.data.name} data, so no image metrics (set "
                 "metrics.feature_net; see README)"
             )
+        store_open()
         run_id = (
             tracking_run.open_run(uri, tracking.experiment, spec, run_dir, _run_tags(spec, info), info) if uri else None
         )

@@ -101,7 +101,7 @@ def trial_fn(
     # start its record afresh there, and a trial on another node would keep its checkpoints.
     trial_dir = storage.join(search_dir, Path(ctx.get_trial_dir()).name)
     record_dir = storage.join(trial_dir, "distgan")
-    target = parent.trial_target(spec.train.name, config, record_dir) if parent else None
+    target = parent.trial_target(spec, config, record_dir) if parent else None
     info = DataInfo(**info)
     if spec.scaling.workers == 1:
         session = TuneSession(dataset, spec.scaling.gpu, spec.scaling.cpus_per_worker)

@@ -7,6 +7,7 @@ target rank 0 records into (`RecordTarget`).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import io
@@ -44,7 +45,7 @@ class TrackingOptions:
     experiment: str = "distgan"
     register: str | None = None  # registered model name
     generator: str = "ema"  # which generator to log: "ema" or "raw"
-    system_metrics: bool = False  # MLflow's system metrics of rank 0's node (train only)
+    system_metrics: bool = False  # MLflow's system metrics of rank 0's node (of each trial's, in a search)
 
     def prepare(self) -> str | None:
         """The tracking URI, checked (server reachable, model name valid) before Ray starts; None when off."""
@@ -79,13 +80,6 @@ def open_run(
     with params, the spec, tags (MLflow's source and git tags among them), a description and, given
     `info`, the dataset as the run's input."""
     from mlflow.entities import Param, RunStatus
-    from mlflow.utils.mlflow_tags import (
-        MLFLOW_GIT_COMMIT,
-        MLFLOW_RUN_NOTE,
-        MLFLOW_SOURCE_NAME,
-        MLFLOW_SOURCE_TYPE,
-        MLFLOW_USER,
-    )
 
     client = mlflow_client(uri)
     saved = storage.join(str(run_dir), "distgan", SAVED_FILE)  # with the run, wherever it is stored
@@ -96,25 +90,38 @@ def open_run(
             return previous["run_id"]
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    all_tags = {
-        "distgan.version": __version__,
-        MLFLOW_SOURCE_NAME: f"distgan {command}",
-        MLFLOW_SOURCE_TYPE: "LOCAL",
-        MLFLOW_USER: getpass.getuser(),  # the run page's "Created by", as MLflow's fluent API sets it
-        MLFLOW_RUN_NOTE: describe(spec, info),
-        **tags,
-    }
-    if commit := _git_commit():
-        all_tags["git.commit"] = all_tags[MLFLOW_GIT_COMMIT] = commit
-    run = client.create_run(exp_id, run_name=spec.train.name, tags=all_tags)
+    run = client.create_run(exp_id, run_name=spec.train.name, tags=_run_page_tags(spec, info, command) | tags)
     run_id = run.info.run_id
     if info is not None:
-        log_dataset(client, run_id, spec.data, info)
+        log_dataset(client, run_id, dataset_input(spec.data, info))
     params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flatten(spec).items()]
     client.log_batch(run_id, params=params)
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
     storage.write(saved, json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment_id": exp_id}).encode())
     return run_id
+
+
+def _run_page_tags(spec, info: DataInfo | None, command: str) -> dict[str, str]:
+    """What MLflow's run page shows of a run it did not start itself: source, user, git commit, and the
+    description (what is trained, on what, how)."""
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_RUN_NOTE,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
+    )
+
+    tags = {
+        "distgan.version": __version__,
+        MLFLOW_SOURCE_NAME: f"distgan {command}",
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_USER: getpass.getuser(),  # the run page's "Created by", as MLflow's fluent API sets it
+        MLFLOW_RUN_NOTE: describe(spec, info),
+    }
+    if commit := _git_commit():
+        tags["git.commit"] = tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def describe(spec, info: DataInfo | None) -> str:
@@ -155,16 +162,22 @@ def dataset(data, info: DataInfo):
     return MetaDataset(source, name=Path(data.path).name or data.name, digest=files.fingerprint(data), schema=schema)
 
 
-def log_dataset(client, run_id: str, data, info: DataInfo) -> None:
-    """The dataset as the run's input (the run page's "Datasets used"), context `train`, with a
-    profile: kind, sample shape, rows (null: drawn fresh)."""
+def dataset_input(data, info: DataInfo) -> dict:
+    """The dataset as a run input's fields (`log_dataset`), with a profile: kind, sample shape, rows
+    (null: drawn fresh). Made once per search: the digest reads part of every data file."""
+    d = dataset(data, info).to_dict()
+    profile = {"kind": info.kind, "sample_shape": list(info.sample_shape), "num_rows": info.num_rows}
+    return {k: d.get(k) for k in ("name", "digest", "source_type", "source", "schema")} | {
+        "profile": json.dumps(profile)
+    }
+
+
+def log_dataset(client, run_id: str, fields: dict) -> None:
+    """The dataset (`dataset_input`'s fields) as the run's input: the run page's "Datasets used", context `train`."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    d = dataset(data, info).to_dict()
-    profile = {"kind": info.kind, "sample_shape": list(info.sample_shape), "num_rows": info.num_rows}
-    entity = Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"), json.dumps(profile))
-    client.log_inputs(run_id, [DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
+    client.log_inputs(run_id, [DatasetInput(Dataset(**fields), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
 
 
 def append_note(uri: str, run_id: str, text: str) -> None:
@@ -198,6 +211,32 @@ def close_run(uri: str, run_id: str, status: str) -> None:
     client.set_terminated(
         run_id, {"finished": "FINISHED", "diverged": "FAILED", "killed": "KILLED"}.get(status, "FAILED")
     )
+
+
+@contextlib.contextmanager
+def store_opening(uri: str | None):
+    """Opens MLflow's tracking store at `uri` on a thread while the block runs (the block starts Ray,
+    which mostly waits on its processes); yields a function that waits until the store is open. MLflow
+    keeps an open store for the process, so `open_run` then finds it ready. Creating a new SQLite
+    store's tables takes ~1.2 s on 2 cores, checking an existing one's ~0.8 s. MLflow is imported first,
+    on the calling thread (two threads importing shared packages can deadlock); an error on the thread
+    is left for `open_run` to meet. The block does not end before the thread does: a process exiting
+    mid-way would leave the new store's tables half made."""
+    if uri is None:
+        yield lambda: None
+        return
+    import mlflow.tracking  # noqa: F401
+
+    def open_store() -> None:
+        with contextlib.suppress(Exception):  # open_run meets it again, where errors are handled
+            mlflow_client(uri)
+
+    thread = threading.Thread(target=open_store, name="distgan-store", daemon=True)
+    thread.start()
+    try:
+        yield thread.join
+    finally:
+        thread.join()
 
 
 def preload_finishing_imports() -> threading.Thread:
@@ -272,31 +311,41 @@ class SearchRun:
     uri: str
     run_id: str
     experiment_id: str
+    system_metrics: bool = False  # each trial's rank 0 records MLflow's system metrics of its node
+    dataset: dict | None = None  # the search's data as each trial's input (`dataset_input`)
 
-    def trial_target(self, trial_id: str, config: dict, record_dir: str) -> RecordTarget:
-        """This trial's nested run (found again after a restore, created once) as a record target."""
+    def trial_target(self, spec, config: dict, record_dir: str) -> RecordTarget:
+        """Trial `spec.train.name`'s nested run (found again after a restore, created once: its config as
+        params, the run page's tags and description, the data as its input) as a record target."""
         from mlflow.entities import Param
 
         client = mlflow_client(self.uri)
+        trial_id = spec.train.name
         found = client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and tags.`distgan.trial_id` = '{trial_id}'",
         )
         if found:
-            return RecordTarget(record_dir, self.uri, found[0].info.run_id)
-        run = client.create_run(
-            self.experiment_id,
-            run_name=trial_id,
-            tags={"mlflow.parentRunId": self.run_id, "distgan.trial_id": trial_id},
-        )
-        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config.items()])
-        return RecordTarget(record_dir, self.uri, run.info.run_id)
+            return RecordTarget(record_dir, self.uri, found[0].info.run_id, self.system_metrics)
+        tags = _run_page_tags(spec, None, "search") | {"mlflow.parentRunId": self.run_id, "distgan.trial_id": trial_id}
+        run_id = client.create_run(self.experiment_id, run_name=trial_id, tags=tags).info.run_id
+        if self.dataset:
+            log_dataset(client, run_id, self.dataset)
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.items()])
+        return RecordTarget(record_dir, self.uri, run_id, self.system_metrics)
 
 
 def open_search_run(
-    uri: str, experiment: str, spec, run_dir: str | Path, search, info: DataInfo | None = None
+    uri: str,
+    experiment: str,
+    spec,
+    run_dir: str | Path,
+    search,
+    info: DataInfo | None = None,
+    system_metrics: bool = False,
 ) -> SearchRun:
-    """The search's parent run: the base job's params, the search's own (`search.*`)."""
+    """The search's parent run: the base job's params, the search's own (`search.*`). `system_metrics`:
+    the trials' rank 0 record MLflow's system metrics into their nested runs."""
     from mlflow.entities import Param
 
     parent_id = open_run(
@@ -306,7 +355,8 @@ def open_search_run(
     params = {f"search.space.{k}": v for k, v in search.space.items()}
     params |= {f"search.{k}": v for k, v in search.model_dump(exclude={"space"}).items()}
     client.log_batch(parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
-    return SearchRun(uri, parent_id, client.get_run(parent_id).info.experiment_id)
+    dataset = dataset_input(spec.data, info) if info is not None else None
+    return SearchRun(uri, parent_id, client.get_run(parent_id).info.experiment_id, system_metrics, dataset)
 
 
 def record_search(parent: SearchRun, trials: list[dict], best: dict | None, metric: str, space_keys: list[str]) -> None:
