@@ -2,8 +2,10 @@
 
 Same model, batch and data (the default grid25 job), 1 worker, 1 torch thread on both sides (Ray
 workers get OMP_NUM_THREADS=1). The Ray figure is the loop's own `step_time` over the steps after
-warm-up (eval and checkpoint time excluded on both sides); bare runs before and after the Ray run
-and is averaged, to cancel drift on a noisy machine. Prints one ratio: ray / bare.
+warm-up (eval and checkpoint time excluded on both sides); the Ray run's warm-up is two eval
+intervals, as the second holds rank 0's first contact with MLflow (a one-time ~1 s, which
+`default_job_wall.py` counts). Bare runs before and after the Ray run and is averaged, to cancel
+drift on a noisy machine. Prints one ratio: ray / bare.
 
     python benchmarks/ray_overhead.py [--steps 1500] [--warmup 300]
 """
@@ -46,9 +48,9 @@ def ray_step_time(spec, steps: int, warmup: int, storage: str) -> float:
         | {
             "train": spec.train.model_dump()
             | {
-                "steps": warmup + steps,
+                "steps": 2 * warmup + steps,
                 "eval_every": warmup,
-                "checkpoint_every": warmup + steps,
+                "checkpoint_every": 2 * warmup + steps,
                 "storage_path": storage,
                 "name": "overhead",
             }
@@ -57,7 +59,7 @@ def ray_step_time(spec, steps: int, warmup: int, storage: str) -> float:
     res = train.train(spec, echo=lambda line: None).to_json()
     assert res["status"] == "finished", res
     rows = [json.loads(x) for x in (Path(res["run_dir"]) / "distgan" / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if r["step"] > warmup]  # each row: mean step time of its interval
+    timed = [r for r in rows if r["step"] > 2 * warmup]  # each row: mean step time of its interval
     return sum(r["step_time"] * warmup for r in timed) / (warmup * len(timed))
 
 
