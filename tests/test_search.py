@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from types import SimpleNamespace
 
 import pyarrow.fs as pafs
@@ -107,6 +108,10 @@ def test_diverging_trials_end_early_healthy_run_on_and_best_is_registered(tmp_pa
         stop={"patience_evals": 100, "grace_evals": 100},
     )
     out = tmp_path / "result.json"
+    # run from a git checkout: its commit tags the search's run and, from there, each trial's (trials run elsewhere)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    git_commit = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q"]
+    subprocess.run([*git_commit, "--allow-empty", "-m", "search test"], check=True)
     r = run_cli(
         "search",
         path,
@@ -140,7 +145,11 @@ def test_diverging_trials_end_early_healthy_run_on_and_best_is_registered(tmp_pa
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{res['mlflow_run_id']}'"
     )
     assert sorted(c.data.tags["stop_reason"] for c in children) == ["completed", "grad_explosion"]
+    shared = ("git.commit", "mlflow.source.git.commit", "mlflow.user", "distgan.version")
+    parent_tags = client.get_run(res["mlflow_run_id"]).data.tags
+    assert len(parent_tags["git.commit"]) == 40
     for child in children:  # each trial's run page: its data, what it trained, where it came from
+        assert {k: child.data.tags.get(k) for k in shared} == {k: parent_tags[k] for k in shared}
         assert [d.dataset.name for d in child.inputs.dataset_inputs] == ["ring8"]
         assert child.data.tags["mlflow.source.name"] == "distgan search"
         assert "on ring8" in child.data.tags["mlflow.note.content"]

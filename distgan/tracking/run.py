@@ -75,11 +75,19 @@ def open_run(
     tags: dict[str, str],
     info: DataInfo | None = None,
     command: str = "train",
+    dataset: dict | None = None,
 ) -> str:
     """The MLflow run of this training run: the one recorded in `run_dir` (a resume), or a new one
     with params, the spec, tags (MLflow's source and git tags among them), a description and, given
-    `info`, the dataset as the run's input."""
+    `info`, the dataset as the run's input (`dataset`: its `dataset_input`, when the caller has it)."""
     from mlflow.entities import Param, RunStatus
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_RUN_NOTE,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
+    )
 
     client = mlflow_client(uri)
     saved = storage.join(str(run_dir), "distgan", SAVED_FILE)  # with the run, wherever it is stored
@@ -90,10 +98,20 @@ def open_run(
             return previous["run_id"]
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=spec.train.name, tags=_run_page_tags(spec, info, command) | tags)
+    all_tags = {
+        "distgan.version": __version__,
+        MLFLOW_SOURCE_NAME: f"distgan {command}",
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_USER: getpass.getuser(),  # the run page's "Created by", as MLflow's fluent API sets it
+        MLFLOW_RUN_NOTE: describe(spec, info),
+        **tags,
+    }
+    if commit := _git_commit():
+        all_tags["git.commit"] = all_tags[MLFLOW_GIT_COMMIT] = commit
+    run = client.create_run(exp_id, run_name=spec.train.name, tags=all_tags)
     run_id = run.info.run_id
     if info is not None:
-        log_dataset(client, run_id, dataset_input(spec.data, info))
+        log_dataset(client, run_id, dataset or dataset_input(spec.data, info))
     params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in flatten(spec).items()]
     client.log_batch(run_id, params=params)
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "spec.yaml")
@@ -101,27 +119,16 @@ def open_run(
     return run_id
 
 
-def _run_page_tags(spec, info: DataInfo | None, command: str) -> dict[str, str]:
-    """What MLflow's run page shows of a run it did not start itself: source, user, git commit, and the
-    description (what is trained, on what, how)."""
-    from mlflow.utils.mlflow_tags import (
-        MLFLOW_GIT_COMMIT,
-        MLFLOW_RUN_NOTE,
-        MLFLOW_SOURCE_NAME,
-        MLFLOW_SOURCE_TYPE,
-        MLFLOW_USER,
-    )
-
-    tags = {
-        "distgan.version": __version__,
-        MLFLOW_SOURCE_NAME: f"distgan {command}",
-        MLFLOW_SOURCE_TYPE: "LOCAL",
-        MLFLOW_USER: getpass.getuser(),  # the run page's "Created by", as MLflow's fluent API sets it
-        MLFLOW_RUN_NOTE: describe(spec, info),
-    }
-    if commit := _git_commit():
-        tags["git.commit"] = tags[MLFLOW_GIT_COMMIT] = commit
-    return tags
+# The tags of `open_run` a search's trials take from the search's run: made once, on the driver (where
+# the user and the git checkout are), not in each trial's process.
+SHARED_PAGE_TAGS = (
+    "distgan.version",
+    "mlflow.source.name",
+    "mlflow.source.type",
+    "mlflow.user",
+    "mlflow.source.git.commit",
+    "git.commit",
+)
 
 
 def describe(spec, info: DataInfo | None) -> str:
@@ -313,11 +320,13 @@ class SearchRun:
     experiment_id: str
     system_metrics: bool = False  # each trial's rank 0 records MLflow's system metrics of its node
     dataset: dict | None = None  # the search's data as each trial's input (`dataset_input`)
+    page_tags: dict | None = None  # the search run's SHARED_PAGE_TAGS, which each trial's run repeats
 
     def trial_target(self, spec, config: dict, record_dir: str) -> RecordTarget:
         """Trial `spec.train.name`'s nested run (found again after a restore, created once: its config as
-        params, the run page's tags and description, the data as its input) as a record target."""
+        params, the search's run-page tags, its own description, the data as its input) as a record target."""
         from mlflow.entities import Param
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
         client = mlflow_client(self.uri)
         trial_id = spec.train.name
@@ -327,7 +336,11 @@ class SearchRun:
         )
         if found:
             return RecordTarget(record_dir, self.uri, found[0].info.run_id, self.system_metrics)
-        tags = _run_page_tags(spec, None, "search") | {"mlflow.parentRunId": self.run_id, "distgan.trial_id": trial_id}
+        tags = (self.page_tags or {}) | {
+            MLFLOW_RUN_NOTE: describe(spec, None),
+            MLFLOW_PARENT_RUN_ID: self.run_id,
+            "distgan.trial_id": trial_id,
+        }
         run_id = client.create_run(self.experiment_id, run_name=trial_id, tags=tags).info.run_id
         if self.dataset:
             log_dataset(client, run_id, self.dataset)
@@ -348,15 +361,17 @@ def open_search_run(
     the trials' rank 0 record MLflow's system metrics into their nested runs."""
     from mlflow.entities import Param
 
+    dataset = dataset_input(spec.data, info) if info is not None else None  # reads the data: once
     parent_id = open_run(
-        uri, experiment, spec, run_dir, {"distgan.kind": "search", "dataset": spec.data.name}, info, "search"
+        uri, experiment, spec, run_dir, {"distgan.kind": "search", "dataset": spec.data.name}, info, "search", dataset
     )
     client = mlflow_client(uri)
     params = {f"search.space.{k}": v for k, v in search.space.items()}
     params |= {f"search.{k}": v for k, v in search.model_dump(exclude={"space"}).items()}
     client.log_batch(parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
-    dataset = dataset_input(spec.data, info) if info is not None else None
-    return SearchRun(uri, parent_id, client.get_run(parent_id).info.experiment_id, system_metrics, dataset)
+    parent = client.get_run(parent_id)
+    page_tags = {k: v for k, v in parent.data.tags.items() if k in SHARED_PAGE_TAGS}
+    return SearchRun(uri, parent_id, parent.info.experiment_id, system_metrics, dataset, page_tags)
 
 
 def record_search(parent: SearchRun, trials: list[dict], best: dict | None, metric: str, space_keys: list[str]) -> None:
