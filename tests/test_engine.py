@@ -50,8 +50,8 @@ def test_discriminator_statistics_are_means_over_the_critic_steps():
     eng = _engine(optim={"n_critic": 3, "lr_d": 1e-2})
     seen, d_step = [], eng.d_step
 
-    def recorded(real, labels=None):
-        seen.append(d_step(real, labels))
+    def recorded(real, labels=None, **kwargs):
+        seen.append(d_step(real, labels, **kwargs))
         return seen[-1]
 
     eng.d_step = recorded
@@ -123,6 +123,59 @@ def test_state_dict_round_trip_continues_identically():
     sb = b.step([real])
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert all(torch.equal(x, y) for x, y in zip(a.G_ema.parameters(), b.G_ema.parameters()))
+
+
+def _d_after(eng: engine.Engine, reals: list) -> list[torch.Tensor]:
+    torch.manual_seed(3)
+    for real in reals:
+        eng.step([real])
+    return [p.detach().clone() for p in eng.D.parameters()]
+
+
+@pytest.mark.parametrize("r1, r2", [(0.5, 0.0), (0.0, 0.5), (0.5, 0.5)])
+def test_lazy_penalties_are_k_times_the_weight_on_every_kth_d_step(r1, r2):
+    reals = [_real() for _ in range(5)]
+    # reg_every=3: D steps 0 and 3 take the penalties at 3x the weight, steps 1, 2 and 4 none
+    lazy = _d_after(_engine(loss={"r1": r1, "r2": r2, "reg_every": 3}), reals)
+    by_hand = _engine(loss={"r1": r1, "r2": r2})
+    torch.manual_seed(3)
+    for i, real in enumerate(reals):
+        by_hand.loss = by_hand.loss.model_copy(update={"r1": 3 * r1 * (i % 3 == 0), "r2": 3 * r2 * (i % 3 == 0)})
+        by_hand.step([real])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(lazy, by_hand.D.parameters()))
+    every_step = _d_after(_engine(loss={"r1": r1, "r2": r2}), reals)
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(lazy, every_step))
+
+
+def test_lazy_penalties_count_d_steps_across_g_steps_and_hold_their_last_value():
+    eng = _engine(loss={"r1": 0.1, "reg_every": 2}, optim={"n_critic": 3})
+    regularized, d_step = [], eng.d_step
+
+    def recorded(real, labels=None, regularize=True):
+        regularized.append(regularize)
+        return d_step(real, labels, regularize)
+
+    eng.d_step = recorded
+    first = eng.step([_real() for _ in range(3)])  # D steps 0, 1, 2
+    eng.step([_real() for _ in range(3)])  # D steps 3, 4, 5
+    assert regularized == [True, False, True, False, True, False]
+    # a step without R1 reports the last measured one: the mean over steps is the mean of the R1s
+    held = d_step(_real(), regularize=False)
+    assert torch.equal(held["r1"], eng._penalties["r1"]) and float(first["r1"]) > 0
+
+
+def test_lazy_penalty_phase_and_last_value_survive_a_state_dict_round_trip():
+    a = _engine(loss={"r1": 0.1, "reg_every": 4})
+    for _ in range(3):
+        a.step([_real()])
+    b = _engine(loss={"r1": 0.1, "reg_every": 4})
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    real = _real()
+    torch.manual_seed(7)
+    sa = a.step([real])  # D step 3: no R1, the value of step 0 held
+    torch.manual_seed(7)
+    sb = b.step([real])
+    assert torch.equal(sa["r1"], sb["r1"]) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_bf16_autocast_step_runs_on_cpu():

@@ -181,10 +181,13 @@ def test_pbt_exploits_and_the_mutated_lr_is_in_use(tmp_path, monkeypatch):
     spec, s = search.load(path, ["train.steps=600"])
     res = search.search(spec, s, echo=lambda line: None, tracking=TrackingOptions(enabled=False)).to_json()
     assert res["status"] == "finished" and len(res["trials"]) == 2
+    assert len({t["trial_id"] for t in res["trials"]}) == 2  # each row is its own trial, exploited or not
     exploited = False
     for trial in res["trials"]:
         rows = trial["history"]
-        assert rows and rows[-1]["step"] == 600
+        assert trial["stop_reason"] == "completed" and rows and rows[-1]["step"] == 600, trial
+        # nothing is exploited at the last step: the row's config is the one its last steps trained with
+        assert trial["config"] == rows[-1]["config"]
         first = rows[0]["config"]["optim.lr_g"]
         for row in rows:
             # what the optimizer uses is what the (possibly mutated) config says, never the donor's
@@ -276,6 +279,20 @@ def _result(metrics, checkpoints=(), path="/runs/search/trial_a"):
     )
 
 
+def test_a_trial_row_is_the_trial_whose_directory_it_is():
+    # PBT hands an exploiting trial the result of the checkpoint it loads: "a"'s, trial_id and all
+    s = SearchSpec(space={"optim.lr_g": {"grid": [1.0e-3]}}, metric="mixture_score", mode="max")
+    log = tune.TrialLog(print, {}, 400, "mixture_score", ["optim.lr_g"], "pbt")
+    for trial_id, score in [("a", 1.0), ("b", 2.0)]:
+        trial = SimpleNamespace(trial_id=trial_id, path=f"/runs/search/trial_{trial_id}", config={"optim.lr_g": 1e-3})
+        log.on_trial_result(0, [], trial, {"trial_id": trial_id, "step": 400, "mixture_score": score})
+    donors = {"trial_id": "a", "step": 400, "mixture_score": 1.0}
+    grid = [_result(donors, path="/runs/search/trial_a"), _result(donors, path="/runs/search/trial_b")]
+    rows = tune.trial_rows(grid, {}, 400, s, log.history, log.evals, log.ids)
+    assert [r["trial_id"] for r in rows] == ["a", "b"]
+    assert [[h["mixture_score"] for h in r["history"]] for r in rows] == [[1.0], [2.0]]
+
+
 def test_a_trial_row_is_its_best_eval_with_that_evals_checkpoint():
     s = SearchSpec(space={"optim.lr_g": {"grid": [1.0e-3]}}, metric="mixture_score", mode="max")
     at = lambda step, score: {"trial_id": "a", "step": step, "mixture_score": score, "modes": score}  # noqa: E731
@@ -286,7 +303,7 @@ def test_a_trial_row_is_its_best_eval_with_that_evals_checkpoint():
     assert row["metrics"]["mixture_score"] == 25.8 and row["metrics"]["modes"] == 25.8
     # multi-worker trial: Tune holds no checkpoint; each eval forwarded its Train checkpoint's path
     log = tune.TrialLog(print, {}, 400, "mixture_score", ["optim.lr_g"], "none")
-    trial = SimpleNamespace(trial_id="a", config={"optim.lr_g": 1.0e-3})
+    trial = SimpleNamespace(trial_id="a", path="/runs/search/trial_a", config={"optim.lr_g": 1.0e-3})
     for step, score in [(200, 25.8), (400, 24.2)]:
         log.on_trial_result(0, [], trial, at(step, score) | {"checkpoint_path": f"/t/{step}"})
     multi = _result(at(400, 24.2) | {"checkpoint_path": "/t/400"})

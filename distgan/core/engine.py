@@ -120,7 +120,8 @@ class Engine:
         if self.precision == "fp16":
             self.scaler_d, self.scaler_g = torch.amp.GradScaler(device.type), torch.amp.GradScaler(device.type)
         self.G_ema = copy.deepcopy(unwrap(G)).eval().requires_grad_(False)
-        self.ema_updates = 0
+        self.ema_updates = 0  # also the count of G steps, which places the lazy R1/R2 steps
+        self._penalties: dict[str, torch.Tensor] = {}  # R1/R2 as last measured (loss.reg_every > 1)
         self._eager: tuple[nn.Module, nn.Module] | None = None
         if compile:
             self._eager = (G, D)
@@ -180,12 +181,17 @@ class Engine:
         x = augment.apply(x, self.augment_policy)
         return self.D(x) if labels is None else self.D(x, labels.repeat(copies))
 
-    def d_step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def d_step(
+        self, real: torch.Tensor, labels: torch.Tensor | None = None, regularize: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """One D update. `regularize`: this step takes R1/R2 (weighted `loss.reg_every` times); one
+        that does not reports the penalties last measured, so a mean over steps stays their mean."""
         n, spec = real.shape[0], self.loss
+        r1, r2 = (spec.r1 * spec.reg_every, spec.r2 * spec.reg_every) if regularize else (0.0, 0.0)
         with torch.no_grad(), self._autocast():
             fake = self._generate(n, labels).float()
-        real = real.detach().requires_grad_(spec.r1 > 0)
-        fake = fake.detach().requires_grad_(spec.r2 > 0)
+        real = real.detach().requires_grad_(r1 > 0)
+        fake = fake.detach().requires_grad_(r2 > 0)
         inputs = [real, fake]
         if spec.type == "wgan_gp":
             eps = torch.rand(n, *[1] * (real.dim() - 1), device=self.device)
@@ -201,14 +207,11 @@ class Engine:
         accuracy = losses.d_accuracy(spec.type, real_logits, fake_logits)
         if accuracy is not None:
             stats["d_accuracy"] = accuracy
-        if spec.r1 > 0:
-            r1 = losses.input_gradient_penalty(parts[0], real, scale)
-            loss = loss + 0.5 * spec.r1 * r1
-            stats["r1"] = r1.detach()
-        if spec.r2 > 0:
-            r2 = losses.input_gradient_penalty(parts[1], fake, scale)
-            loss = loss + 0.5 * spec.r2 * r2
-            stats["r2"] = r2.detach()
+        for key, gamma, part, x in (("r1", r1, parts[0], real), ("r2", r2, parts[1], fake)):
+            if gamma > 0:
+                penalty = losses.input_gradient_penalty(part, x, scale)
+                loss = loss + 0.5 * gamma * penalty
+                stats[key] = penalty.detach()
         if spec.type == "wgan_gp":
             gp = losses.gradient_penalty(parts[2], inputs[2], scale)
             loss = loss + spec.gp * gp
@@ -219,6 +222,10 @@ class Engine:
                 if key in stats:
                     stats[key] = torch.where(skipped, 0.0, stats[key])
             stats["amp_skipped_d"] = skipped.float()
+        if regularize:
+            self._penalties.update({k: stats[k] for k in ("r1", "r2") if k in stats})
+        else:
+            stats.update(self._penalties)
         return stats
 
     def g_step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -278,7 +285,13 @@ class Engine:
             return self._step(real_batches, labels)
 
     def _step(self, real_batches: list[torch.Tensor], labels: list) -> dict[str, torch.Tensor]:
-        d_stats = [self.d_step(real, y) for real, y in zip(real_batches, labels)]
+        # D steps are numbered across G steps (the count resumes from a checkpoint): with
+        # loss.reg_every = k, the 0th, kth, 2kth, ... take R1/R2
+        first, every = self.ema_updates * self.n_critic, self.loss.reg_every
+        d_stats = [
+            self.d_step(real, y, regularize=(first + i) % every == 0)
+            for i, (real, y) in enumerate(zip(real_batches, labels))
+        ]
         stats = {k: torch.stack([s[k] for s in d_stats]).mean() for k in d_stats[0]}
         stats.update(self.g_step(real_batches[-1], labels[-1]))
         return stats
@@ -308,6 +321,7 @@ class Engine:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "ema_updates": self.ema_updates,
+            "penalties": self._penalties,
         }
         if self.scaler_d is not None:  # fp16: the loss scales go on from where they were
             state["scaler_d"], state["scaler_g"] = self.scaler_d.state_dict(), self.scaler_g.state_dict()
@@ -320,6 +334,7 @@ class Engine:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.ema_updates = state["ema_updates"]
+        self._penalties = {k: v.to(self.device) for k, v in state.get("penalties", {}).items()}
         if self.scaler_d is not None and "scaler_d" in state:
             self.scaler_d.load_state_dict(state["scaler_d"])
             self.scaler_g.load_state_dict(state["scaler_g"])

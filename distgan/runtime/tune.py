@@ -22,7 +22,7 @@ import ray
 import torch
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from distgan import storage
@@ -170,7 +170,8 @@ def scheduler(search: SearchSpec, space: dict, total_steps: int):
             max_t=total_steps,
         )
     if search.scheduler == "pbt":
-        return PopulationBasedTraining(
+        return PBTBeforeTheEnd(
+            total_steps,
             time_attr="step",
             perturbation_interval=search.pbt.perturbation_interval,
             hyperparam_mutations={k: space[k] for k in search.pbt.mutate},
@@ -180,16 +181,35 @@ def scheduler(search: SearchSpec, space: dict, total_steps: int):
     return None
 
 
+class PBTBeforeTheEnd(PopulationBasedTraining):
+    """PBT that leaves a trial alone at its last step. Tune's would still exploit there (the last
+    step is a perturbation point when the interval divides it): the trial's process would restart
+    only to load another trial's final checkpoint and end, its row showing the other's numbers
+    under a config it never trained with."""
+
+    def __init__(self, total_steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.total_steps = total_steps
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("step", 0) >= self.total_steps:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
 class TrialLog(tune.Callback):
     """Keeps every trial's reports (step, metric, learning rates in use, the config at that point:
     PBT changes it) and prints one line per ended trial (Tune's own status table is off). `evals`:
-    every report's numbers with the Train checkpoint path it forwarded (multi-worker trials)."""
+    every report's numbers with the Train checkpoint path it forwarded (multi-worker trials).
+    `ids`: each trial's id by its directory: a result's own `trial_id` may be another trial's (PBT
+    gives an exploiting trial the result of the checkpoint it loads)."""
 
     def __init__(self, echo, reasons: dict, total_steps: int, metric: str, keys: list[str], scheduler_name: str):
         self.echo, self.reasons, self.total_steps = echo, reasons, total_steps
         self.metric, self.keys, self.scheduler_name = metric, keys, scheduler_name
         self.history: dict[str, list[dict]] = {}
         self.evals: dict[str, list[dict]] = {}
+        self.ids: dict[str, str] = {}
 
     def __getstate__(self) -> dict:
         # The Tuner pickles its callbacks (for a restore) and `echo` may be `print`, which Ray's tqdm
@@ -200,13 +220,17 @@ class TrialLog(tune.Callback):
     # Tune saves this state with each experiment checkpoint and hands it back on a restore (a
     # resumed search keeps the reports and stop reasons of the trials that ran before).
     def get_state(self) -> dict:
-        return {"history": self.history, "evals": self.evals, "reasons": dict(self.reasons)}
+        return {"history": self.history, "evals": self.evals, "reasons": dict(self.reasons), "ids": self.ids}
 
     def set_state(self, state: dict) -> None:
-        self.history, self.evals = state["history"], state["evals"]
+        self.history, self.evals, self.ids = state["history"], state["evals"], state.get("ids", {})
         self.reasons.update(state["reasons"])  # in place: the stopper restored beside it shares this dict
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.ids[trial.path] = trial.trial_id
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.ids[trial.path] = trial.trial_id
         if "step" in result:
             self.evals.setdefault(trial.trial_id, []).append(_eval(result, result.get(CHECKPOINT_PATH_KEY)))
             self.history.setdefault(trial.trial_id, []).append(
@@ -312,7 +336,7 @@ def _fit(tuner, log: TrialLog, total_steps: int, search: SearchSpec) -> tuple[li
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    return trial_rows(grid, log.reasons, total_steps, search, log.history, log.evals), wall
+    return trial_rows(grid, log.reasons, total_steps, search, log.history, log.evals, log.ids), wall
 
 
 def can_resume(path: str) -> bool:
@@ -320,15 +344,22 @@ def can_resume(path: str) -> bool:
 
 
 def trial_rows(
-    grid, reasons: dict, total_steps: int, search: SearchSpec, history: dict, evals: dict | None = None
+    grid,
+    reasons: dict,
+    total_steps: int,
+    search: SearchSpec,
+    history: dict,
+    evals: dict | None = None,
+    ids: dict | None = None,
 ) -> list[dict]:
     """One row per trial: `metrics` and `checkpoint` of the eval it is ranked by (`eval_step`), from
     the checkpoints Tune holds (one-worker trials) or the Train checkpoint paths its reports
-    forwarded (`evals`, multi-worker trials); `steps`: how far it trained."""
+    forwarded (`evals`, multi-worker trials); `steps`: how far it trained. `ids`: trial ids by trial
+    directory (`TrialLog.ids`)."""
     rows = []
     for result in grid:
         m = dict(result.metrics or {})
-        trial_id = m.get("trial_id") or Path(result.path).name
+        trial_id = (ids or {}).get(result.path) or m.get("trial_id") or Path(result.path).name
         reason = reasons.get(trial_id) or (
             reason_without_stopper(m, total_steps, search.scheduler) if result.error is None else "failed"
         )

@@ -95,6 +95,9 @@ class LossSpec(Section):
     type: Literal["minimax", "nonsaturating", "hinge", "wgan_gp", "lsgan", "rpgan"] = "nonsaturating"
     r1: float = Field(0.0, ge=0)  # gamma of the R1 penalty on real data (gamma/2 * E|grad D(x)|^2)
     r2: float = Field(0.0, ge=0)  # gamma of the R2 penalty on generated data
+    # R1/R2 on every k-th D step only, weighted k times (StyleGAN2's lazy regularization): the
+    # penalty's double backward is most of a small D step's cost, and its effect builds up slowly
+    reg_every: int = Field(1, ge=1, le=64)
     gp: float = Field(10.0, ge=0)  # weight of the WGAN-GP gradient penalty (used by wgan_gp only)
 
 
