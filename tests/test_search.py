@@ -199,6 +199,41 @@ def test_pbt_exploits_and_the_mutated_lr_is_in_use(tmp_path, monkeypatch):
 
 
 @pytest.mark.cluster
+def test_a_failed_trial_says_why_and_the_search_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # the first trial process to reach step 100 is killed (once: the marker records it)
+    monkeypatch.setenv("DISTGAN_FAULT_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("DISTGAN_FAULT_KILL_AT", "100:0")
+    path = _search_spec(tmp_path, {"optim.lr_g": {"grid": [2.0e-4, 5.0e-4]}}, scheduler="none", early_stop=False)
+    spec, s = search.load(path, ["train.steps=200", "train.max_failures=0"])
+    lines = []
+    res = search.search(spec, s, echo=lines.append, tracking=TrackingOptions(enabled=False)).to_json()
+    failed = [t for t in res["trials"] if t["stop_reason"] == "failed"]
+    (completed,) = [t for t in res["trials"] if t["stop_reason"] == "completed"]
+    assert len(failed) == 1 and res["status"] == "finished" and res["best"] == completed["trial_id"]
+    assert "died" in failed[0]["error"] and completed["error"] is None
+    assert [row["step"] for row in failed[0]["history"]] == [50]
+    said = [line for line in lines if line.startswith(f"trial {failed[0]['trial_id']}: failed after step 50: ")]
+    assert said and "died" in said[0], lines
+
+
+@pytest.mark.cluster
+def test_a_trial_whose_process_dies_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISTGAN_FAULT_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("DISTGAN_FAULT_KILL_AT", "100:0")  # mid-run, after the step-50 checkpoint
+    path = _search_spec(tmp_path, {"optim.lr_g": {"grid": [2.0e-4]}}, scheduler="none", early_stop=False)
+    spec, s = search.load(path, ["train.steps=200"])  # train.max_failures: 3
+    lines = []
+    res = search.search(spec, s, echo=lines.append, tracking=TrackingOptions(enabled=False)).to_json()
+    (trial,) = res["trials"]
+    assert (tmp_path / "killed").exists() and res["status"] == "finished"
+    assert (trial["stop_reason"], trial["steps"], trial["error"]) == ("completed", 200, None)
+    assert [row["step"] for row in trial["history"]] == [50, 100, 150, 200]  # each step once: 100 replayed
+    assert any(line.endswith("going on from its last checkpoint") and "after step 50 (" in line for line in lines)
+
+
+@pytest.mark.cluster
 def test_image_search_reports_fd_and_picks_the_lowest(tmp_path, mlflow_server):
     path = tmp_path / "search.yaml"
     path.write_text(

@@ -170,7 +170,9 @@ def test_the_cli_exits_2_on_a_missing_bucket(tmp_path, s3_server):
     assert len(r.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
 
 
-def test_a_search_on_s3_storage_keeps_its_trials_checkpoints_there(tmp_path, s3_server, monkeypatch):
+# one-worker trials are Tune trial processes; a two-worker trial runs a Ray Train run of its own
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_search_on_s3_storage_keeps_its_trials_checkpoints_there(tmp_path, s3_server, monkeypatch, workers):
     import yaml
 
     from distgan.commands import search
@@ -186,6 +188,7 @@ def test_a_search_on_s3_storage_keeps_its_trials_checkpoints_there(tmp_path, s3_
                 "model": {"g_hidden": [32, 32], "d_hidden": [32, 32]},
                 "train": {"steps": 40, "eval_every": 20, "batch_size": 64, "eval_samples": 200, "final_eval_seeds": 1},
                 "search": {"space": {"optim.lr_g": {"grid": [5.0e-4]}}, "scheduler": "none", "max_concurrent": 1},
+                "scaling": {"workers": workers, "cpus_per_worker": 1},
             }
         )
     )
@@ -194,4 +197,5 @@ def test_a_search_on_s3_storage_keeps_its_trials_checkpoints_there(tmp_path, s3_
     assert res.status == "finished" and res.steps == 40
     assert res.checkpoint.startswith(f"{storage}/{res.name}/")
     assert checkpoint.read(res.checkpoint)["step"] == res.trials[0]["eval_step"]
+    assert [row["step"] for row in res.trials[0]["history"]] == [20, 40]
     assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())

@@ -204,9 +204,19 @@ class TrialLog(tune.Callback):
     `ids`: each trial's id by its directory: a result's own `trial_id` may be another trial's (PBT
     gives an exploiting trial the result of the checkpoint it loads)."""
 
-    def __init__(self, echo, reasons: dict, total_steps: int, metric: str, keys: list[str], scheduler_name: str):
+    def __init__(
+        self,
+        echo,
+        reasons: dict,
+        total_steps: int,
+        metric: str,
+        keys: list[str],
+        scheduler_name: str,
+        storage_fs=None,
+    ):
         self.echo, self.reasons, self.total_steps = echo, reasons, total_steps
         self.metric, self.keys, self.scheduler_name = metric, keys, scheduler_name
+        self.storage_fs = storage_fs  # the search storage's pyarrow filesystem (None: local)
         self.history: dict[str, list[dict]] = {}
         self.evals: dict[str, list[dict]] = {}
         self.ids: dict[str, str] = {}
@@ -232,7 +242,10 @@ class TrialLog(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.ids[trial.path] = trial.trial_id
         if "step" in result:
-            self.evals.setdefault(trial.trial_id, []).append(_eval(result, result.get(CHECKPOINT_PATH_KEY)))
+            # a Train checkpoint's path comes without its filesystem ("bucket/key" in S3)
+            path = result.get(CHECKPOINT_PATH_KEY)
+            location = storage.uri(self.storage_fs, path) if path and self.storage_fs else path
+            self.evals.setdefault(trial.trial_id, []).append(_eval(result, location))
             self.history.setdefault(trial.trial_id, []).append(
                 {
                     "step": int(result["step"]),
@@ -248,6 +261,30 @@ class TrialLog(tune.Callback):
         m = trial.last_result or {}
         reason = self.reasons.get(trial.trial_id) or reason_without_stopper(m, self.total_steps, self.scheduler_name)
         self.echo(f"trial {trial.trial_id}: {reason} at step {m.get('step', 0)}  " + quality_text(m))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.echo(f"trial {trial.trial_id}: failed after step {self._last_step(trial)}: {_last_error(trial)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.echo(
+            f"trial {trial.trial_id}: failed after step {self._last_step(trial)} ({_last_error(trial)}); "
+            "going on from its last checkpoint"
+        )
+
+    def _last_step(self, trial) -> int:
+        return max((row["step"] for row in self.history.get(trial.trial_id, [])), default=0)
+
+
+def _last_error(trial) -> str:
+    # Tune has just appended it to the trial's local staging directory (storage gets it later)
+    path = Path(trial.error_file) if trial.error_file else None
+    return error_line(path.read_text().split("Failure # ")[-1] if path and path.exists() else None)
+
+
+def error_line(error) -> str:
+    """The line of a trial's error (a traceback's text, or the exception) that says what went wrong: its last."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no error text)"
 
 
 def quality_text(m: dict) -> str:
@@ -316,7 +353,8 @@ def fit_trials(
         return _fit(tuner, log, spec.train.steps, search)
     stopper = DivergenceStopper(search, n_modes, spec.loss.type) if search.early_stop else None
     reasons = stopper.reasons if stopper else {}
-    log = TrialLog(echo, reasons, spec.train.steps, search.metric, list(search.space), search.scheduler)
+    storage_fs = storage.resolve(storage_path)[0]
+    log = TrialLog(echo, reasons, spec.train.steps, search.metric, list(search.space), search.scheduler, storage_fs)
     tuner = tune.Tuner(
         tune.with_resources(trainable, per_trial),
         param_space=space,
@@ -327,7 +365,16 @@ def fit_trials(
             scheduler=scheduler(search, space, spec.train.steps),
             search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=search.max_concurrent),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, stop=stopper, verbose=0, callbacks=[log]),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            stop=stopper,
+            verbose=0,
+            callbacks=[log],
+            # A one-worker trial whose process dies (a lost node, the OOM killer) goes on from its last
+            # checkpoint, as `distgan train` does; a multi-worker trial's Train run restarts its own workers.
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures if spec.scaling.workers == 1 else 0),
+        ),
     )
     return _fit(tuner, log, spec.train.steps, search)
 
@@ -376,6 +423,7 @@ def trial_rows(
                 "steps": int(m.get("step", 0)),
                 "eval_step": ranked["step"] if ranked else None,
                 "stop_reason": reason,
+                "error": error_line(result.error) if result.error is not None else None,
                 "checkpoint": ranked["checkpoint"] if ranked else None,
                 "history": history.get(trial_id, []),
             }
