@@ -108,7 +108,11 @@ def _maybe_fail(step: int, rank: int, node_id: str) -> None:
         spec = os.environ.get(f"DISTGAN_FAULT_{action}_AT")
         if not spec or not marker or os.path.exists(marker) or [step, rank] != list(map(int, spec.split(":"))):
             continue
-        Path(marker).write_text(str(os.getpid()) if action == "KILL" else node_id)
+        try:  # created here or not at all: of two processes at this step at once (search trials), one fails
+            with open(marker, "x") as f:
+                f.write(str(os.getpid()) if action == "KILL" else node_id)
+        except FileExistsError:
+            continue
         if action == "KILL":
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(600)
