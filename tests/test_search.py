@@ -320,6 +320,7 @@ def test_a_trial_row_is_the_trial_whose_directory_it_is():
     log = tune.TrialLog(print, {}, 400, "mixture_score", ["optim.lr_g"], "pbt")
     for trial_id, score in [("a", 1.0), ("b", 2.0)]:
         trial = SimpleNamespace(trial_id=trial_id, path=f"/runs/search/trial_{trial_id}", config={"optim.lr_g": 1e-3})
+        log.on_trial_start(0, [], trial)
         log.on_trial_result(0, [], trial, {"trial_id": trial_id, "step": 400, "mixture_score": score})
     donors = {"trial_id": "a", "step": 400, "mixture_score": 1.0}
     grid = [_result(donors, path="/runs/search/trial_a"), _result(donors, path="/runs/search/trial_b")]
@@ -338,7 +339,7 @@ def test_a_trial_row_is_its_best_eval_with_that_evals_checkpoint():
     assert row["metrics"]["mixture_score"] == 25.8 and row["metrics"]["modes"] == 25.8
     # multi-worker trial: Tune holds no checkpoint; each eval forwarded its Train checkpoint's path
     log = tune.TrialLog(print, {}, 400, "mixture_score", ["optim.lr_g"], "none")
-    trial = SimpleNamespace(trial_id="a", path="/runs/search/trial_a", config={"optim.lr_g": 1.0e-3})
+    trial = SimpleNamespace(trial_id="a", config={"optim.lr_g": 1.0e-3})
     for step, score in [(200, 25.8), (400, 24.2)]:
         log.on_trial_result(0, [], trial, at(step, score) | {"checkpoint_path": f"/t/{step}"})
     multi = _result(at(400, 24.2) | {"checkpoint_path": "/t/400"})

@@ -240,7 +240,6 @@ class TrialLog(tune.Callback):
         self.ids[trial.path] = trial.trial_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.ids[trial.path] = trial.trial_id
         if "step" in result:
             # a Train checkpoint's path comes without its filesystem ("bucket/key" in S3)
             path = result.get(CHECKPOINT_PATH_KEY)

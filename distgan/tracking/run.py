@@ -396,7 +396,7 @@ def record_search(parent: SearchRun, trials: list[dict], best: dict | None, metr
             "eval_step": t["eval_step"],  # where `metrics` were measured (and the trial's checkpoint saved)
             "steps": t["steps"],
             "stop_reason": t["stop_reason"],
-            "error": t.get("error"),
+            "error": t["error"],
         }
         for t in trials
     ]
