@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +13,7 @@ from conftest import REPO, blob_images, png_bytes, run_cli, write_image_parquet
 from PIL import Image
 
 from distgan import data
-from distgan.data import builtin
+from distgan.data import builtin, files
 from distgan.errors import InputError
 from distgan.metrics.mixture import mixture_means, mixture_quality
 from distgan.spec.job import DataSpec
@@ -249,10 +251,11 @@ def _row_ids(x: torch.Tensor) -> list[int]:
     return (x[:, 0, 0, 0].long() * 256 + x[:, 0, 0, 1].long()).tolist()
 
 
-def test_class_sorted_parquet_gives_mixed_batches_every_epoch_in_a_new_order(tmp_path):
+def test_class_sorted_parquet_gives_mixed_batches_every_pass_in_a_new_order(tmp_path):
     """One class-sorted file, written as most tools write it (one row group): the batches a worker
-    gets mix the classes (majority share < 25% of 10 classes), each epoch holds every row once,
-    and the second epoch is not the first again. The Train worker holds a CPU the whole time: the
+    gets mix the classes (majority share < 25% of 10 classes), each pass of the pipeline holds
+    every row the same number of times (20,000 rows are 157 units: a pass visits them twice), and
+    the second pass is not the first again. The Train worker holds a CPU the whole time: the
     pipeline runs on the one left for it."""
     import os
 
@@ -268,6 +271,8 @@ def test_class_sorted_parquet_gives_mixed_batches_every_epoch_in_a_new_order(tmp
     spec = DataSpec(name="parquet", path=str(path), column="image", label_column="label")
     info = data.inspect(spec)
     assert info.num_classes == classes and info.num_rows == rows and info.sample_shape == (1, 8, 8)
+    repeats = ray_data.pass_repeats(len(files.units(spec)))
+    assert repeats == 2
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
     try:
         assert ray_data.worker_cpus(1.0, 2, ray_data.cluster_cpus()) == 0.5  # two workers would leave one CPU
@@ -281,8 +286,8 @@ def test_class_sorted_parquet_gives_mixed_batches_every_epoch_in_a_new_order(tmp
         ray.get(worker.ready.remote())
         ds = ray_data.datasets(spec, info)["train"]
         stream = iter(data.ShardStream(ds.streaming_split(1)[0], batch, seed=0, info=info))
-        per_epoch = rows // batch
-        batches = [next(stream) for _ in range(2 * per_epoch)]
+        per_pass = repeats * rows // batch
+        batches = [next(stream) for _ in range(2 * per_pass)]
     finally:
         ray.shutdown()
     assert all(x.dtype == torch.uint8 and x.shape == (batch, 1, 8, 8) for x, _ in batches)
@@ -291,10 +296,62 @@ def test_class_sorted_parquet_gives_mixed_batches_every_epoch_in_a_new_order(tmp
     majority = np.array([torch.bincount(y, minlength=classes).max().item() / batch for _, y in batches])
     print("majority-class share", majority.mean())
     assert majority.mean() < 0.25, majority.mean()
-    first = [i for x, _ in batches[:per_epoch] for i in _row_ids(x)]
-    second = [i for x, _ in batches[per_epoch:] for i in _row_ids(x)]
-    assert len(set(first)) == len(first) == per_epoch * batch  # no row twice in an epoch
+    first = [i for x, _ in batches[:per_pass] for i in _row_ids(x)]
+    second = [i for x, _ in batches[per_pass:] for i in _row_ids(x)]
+    assert np.bincount(first, minlength=rows).tolist() == [repeats] * rows  # every row, as often as every other
     assert first != second
+
+
+def test_the_decoded_copy_is_one_epoch_per_pass_in_a_new_order(tmp_path):
+    """`distgan search` decodes the data once (materialize): its passes are not repeated (there is no
+    decoding to wait for, and Ray Data's readers refuse one block twice at once). Two passes read
+    through the worker's stream hold every row once each, in a new order the second time."""
+    import ray
+
+    from distgan.runtime import ray_data
+
+    rows, batch = 8 * files.UNIT_ROWS, 64
+    path = tmp_path / "small.parquet"
+    pq.write_table(pa.table({"image": _numbered_images(range(rows))}), path, row_group_size=files.UNIT_ROWS)
+    spec = DataSpec(name="parquet", path=str(path), column="image")
+    info = data.inspect(spec)
+    assert ray_data.pass_repeats(len(files.units(spec))) > 1  # streamed, a pass would visit the data many times
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    try:
+        ds = ray_data.datasets(spec, info, materialize=True)["train"]
+        stream = iter(data.ShardStream(ds.streaming_split(1)[0], batch, seed=0, info=info))
+        ids = [_row_ids(next(stream)[0]) for _ in range(2 * rows // batch)]
+    finally:
+        ray.shutdown()
+    first = [i for b in ids[: rows // batch] for i in b]
+    second = [i for b in ids[rows // batch :] for i in b]
+    assert sorted(first) == sorted(second) == list(range(rows)) and first != second
+
+
+def test_a_map_task_reads_a_few_units_unless_their_rows_are_large():
+    from distgan.runtime import ray_data
+
+    def per_task(kind, shape):
+        return ray_data.units_per_task(files.Layout(kind, shape, 1000, None))
+
+    assert per_task("image", (1, 8, 8)) == per_task("image", (3, 64, 64)) == per_task("vector", (2,)) == 4
+    assert per_task("image", (3, 128, 128)) == 2  # 6 MiB of uint8 rows a unit: two fit 16 MiB
+    assert per_task("image", (3, 256, 256)) == per_task("vector", (100_000,)) == 1
+
+
+def test_units_are_listed_once_per_version_of_the_files(tmp_path):
+    """The checks and the pipeline share one listing of units; a rewritten file is listed again."""
+    path = tmp_path / "d.parquet"
+    spec = DataSpec(name="parquet", path=str(path), column="image")
+    pq.write_table(pa.table({"image": _numbered_images(range(200))}), path, row_group_size=100)
+    data.inspect(spec)
+    first = files.units(spec)
+    assert [(u["row_group"], u["start"], u["first_row"]) for u in first] == [(0, 0, 0), (1, 0, 100)]
+    first.clear()  # a caller's list is its own
+    assert len(files.units(spec)) == 2
+    pq.write_table(pa.table({"image": _numbered_images(range(300))}), path, row_group_size=100)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a new version, whatever the clock
+    assert [u["first_row"] for u in files.units(spec)] == [0, 100, 200]
 
 
 @pytest.mark.parametrize("resolution", [28, 32])

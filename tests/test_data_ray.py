@@ -74,7 +74,8 @@ def test_a_bad_image_mid_stream_is_skipped_and_counted_or_ends_the_run_naming_it
     assert r.returncode == 1
     assert res["status"] == "failed" and f"{data} row {bad} (column 'image') is not a readable image" in res["error"]
     assert "data.on_bad_image=skip" in res["error"] and f"row {bad}" in r.stderr
-    # one epoch is 2,560 / 64 = 40 steps: it stopped within the first two, not at the end of restarts
+    # one epoch is 2,560 / 64 = 40 steps (a pass visits each unit 13 times): it stopped within the
+    # first two epochs' worth of steps, not at the end of restarts
     assert res["steps"] <= 2 * 40 + 20
 
 

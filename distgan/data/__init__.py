@@ -3,7 +3,7 @@
 Built-ins live in memory of each worker (mixtures and stacked digits are drawn fresh; digits are
 sharded by rank; `data.resolution` resizes the 8 px digits). User data streams through Ray Data
 (`distgan.runtime.ray_data`, reading `files` units): Ray Train shards it across workers
-(`get_dataset_shard`), and the worker iterates its shard in epochs here.
+(`get_dataset_shard`), and the worker iterates its shard pass after pass here.
 """
 
 from __future__ import annotations
@@ -88,11 +88,12 @@ def batches(
 
 
 class ShardStream:
-    """Endless (samples, labels) batches from a worker's Ray Data shard, epoch after epoch.
+    """Endless (samples, labels) batches from a worker's Ray Data shard, pass after pass (a pass of
+    the pipeline is an epoch or more: `ray_data.PASS_UNITS`).
 
-    Shuffled twice over: Ray Data visits the data's units in a new order every epoch
+    Shuffled twice over: Ray Data visits the data's units in a new order every pass
     (runtime/ray_data.py), and here a local buffer of thousands of rows, drawn from dozens of
-    units, mixes them again with a seed of its own per epoch and per resume. `skipped` counts the
+    units, mixes them again with a seed of its own per pass and per resume. `skipped` counts the
     bad rows the readers dropped (data.on_bad_image=skip)."""
 
     MIN_BUFFER_BATCHES = 16
@@ -109,7 +110,7 @@ class ShardStream:
         self.error: str | None = None  # a bad row under data.on_bad_image=fail (see __iter__)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch, last = 0, None
+        pass_, last = 0, None
         while True:
             yielded = False
             try:
@@ -117,7 +118,7 @@ class ShardStream:
                     batch_size=self.batch_size,
                     drop_last=True,
                     local_shuffle_buffer_size=self.buffer_rows,
-                    local_shuffle_seed=self.seed + epoch,
+                    local_shuffle_seed=self.seed + pass_,
                     prefetch_batches=4,
                 ):
                     yielded = True
@@ -137,7 +138,7 @@ class ShardStream:
                     yield last or self._blank()
             if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
                 raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size} rows")
-            epoch += 1
+            pass_ += 1
 
     def _blank(self) -> Batch:
         x = torch.zeros((self.batch_size, *self.info.sample_shape), dtype=torch.float32)

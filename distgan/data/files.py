@@ -94,7 +94,21 @@ def units(spec: DataSpec) -> list[dict]:
     return _units(spec, *_listing(spec.path, spec.name))
 
 
+_UNITS: dict[tuple, list[dict]] = {}  # (kind, every file's path and version) -> its units
+
+
 def _units(spec: DataSpec, fs, found: tuple) -> list[dict]:
+    """The units of `found`, listed once per process and version of the files (the checks and the
+    pipeline both need them)."""
+    key = (spec.name, tuple((f.path, *_version(f)) for f in found))
+    if key not in _UNITS:
+        _UNITS[key] = _list_units(spec, fs, found)
+        if len(_UNITS) > 8:
+            _UNITS.pop(next(iter(_UNITS)))
+    return list(_UNITS[key])
+
+
+def _list_units(spec: DataSpec, fs, found: tuple) -> list[dict]:
     if spec.name == "imagefolder":
         paths = [f.path for f in found]
         return [

@@ -2,9 +2,10 @@
 object storage) to uint8 images (or float vectors) in the Train workers, never all in memory.
 
 The plan: the data's units (`data.files.units`: small slices of Parquet row groups, or chunks of
-image files) are one tiny block each; every epoch visits them in a new random order (a reordering
-of block references on the driver: no task, no copy, reseeded each execution); map tasks read and
-decode each unit (`files.read_unit`: decode, resize, crop, flip; bad rows fail or are skipped);
+image files) are one tiny block each; every pass (an epoch, or several of small data: PASS_UNITS)
+visits them in a new random order (a reordering of block references on the driver: no task, no
+copy, reseeded each execution); map tasks read and decode each unit (`files.read_unit`: decode,
+resize, crop, flip; bad rows fail or are skipped);
 Ray Train splits the stream across the workers, which mix it again in a local shuffle buffer
 (`data.ShardStream`) and turn it into floats on their device.
 
@@ -25,12 +26,22 @@ from distgan.data import DataInfo, files
 from distgan.spec.job import DataSpec
 
 DATA_CPUS = 1.0  # kept free for Ray Data's read/decode tasks when the Train workers would take every CPU
+# Each pass of the pipeline begins with a pause, the training loop waiting: Ray Data starts a new execution
+# and the worker's shuffle buffer fills from the first decoded units (~0.5 s on a 2-core machine). A pass
+# visits at least this many units, so small data is visited several times per pass: on the 1,797 digits
+# (15 units), one pause per 18 epochs instead of one every 14 steps.
+PASS_UNITS = 256
+# Units a map task reads and decodes: a task has a fixed cost, and on a 2-core machine 4 units a task
+# delivered 27% more images/s than 1 (benchmarks/data_pipeline.py, 32 px). Fewer when their decoded rows
+# would pass TASK_BYTES (large images: one unit a task), to keep blocks small in the object store.
+TASK_UNITS = 4
+TASK_BYTES = 16 * 2**20
 
 
 def datasets(spec: DataSpec, info: DataInfo, resume_salt: int = 0, materialize: bool = False) -> dict | None:
     """{"train": the Ray Dataset} for user data; None for built-ins (they live in the workers).
 
-    `resume_salt` reseeds the epoch order of a resumed run (it does not replay the first one's).
+    `resume_salt` reseeds the pass order of a resumed run (it does not replay the first one's).
     `materialize`: decode everything once, before training (for `distgan search`: every trial reads
     the same decoded copy instead of decoding it again; the copy lives in the object store and
     spills to disk when larger)."""
@@ -41,7 +52,7 @@ def datasets(spec: DataSpec, info: DataInfo, resume_salt: int = 0, materialize: 
     read = {
         "fn": _read_units,
         "fn_kwargs": {"spec": spec, "decoder": files.decoder(spec, layout), "num_classes": info.num_classes, "fs": fs},
-        "batch_size": 1,
+        "batch_size": units_per_task(layout),
         "batch_format": "pyarrow",
     }
     # A bad row's InputError reaches the worker as itself (not as Ray Data's UserCodeException),
@@ -50,16 +61,28 @@ def datasets(spec: DataSpec, info: DataInfo, resume_salt: int = 0, materialize: 
     ctx.raise_original_map_exception = True
     ctx.enable_progress_bars = False  # distgan prints the run's progress; Ray Data's bars only interleave with it
     units = files.units(spec)
-    blocks = ray.data.from_items(units, override_num_blocks=len(units))
     order = RandomSeedConfig(spec.seed * 1_000_003 + resume_salt, reseed_after_execution=True)
-    if materialize:
-        return {"train": blocks.map_batches(**read).materialize().randomize_block_order(seed=order)}
+    if materialize:  # decoded once; a pass is one epoch (no decoding to wait for, and a pass may not repeat a block)
+        decoded = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(**read).materialize()
+        return {"train": decoded.randomize_block_order(seed=order)}
+    repeats = pass_repeats(len(units))
+    blocks = ray.data.from_items(units * repeats, override_num_blocks=len(units) * repeats)
     return {"train": blocks.randomize_block_order(seed=order).map_batches(**read)}
+
+
+def units_per_task(layout: files.Layout) -> int:
+    row_bytes = math.prod(layout.sample_shape) * (1 if layout.kind == "image" else 4)  # uint8 images, float32 vectors
+    return max(1, min(TASK_UNITS, TASK_BYTES // (files.UNIT_ROWS * row_bytes)))
+
+
+def pass_repeats(num_units: int) -> int:
+    """How many times a pass of the pipeline visits each unit."""
+    return math.ceil(PASS_UNITS / num_units)
 
 
 def _read_units(batch, spec: DataSpec, decoder: files.Decoder, num_classes: int | None, fs) -> dict:
     """A map task's work: the unit(s) of `batch` read and decoded. Random crops and flips draw
-    from a fresh generator, so every epoch sees new ones."""
+    from a fresh generator, so every visit of a unit sees new ones."""
     rng = np.random.default_rng()
     parts = [files.read_unit(spec, decoder, num_classes, unit, fs, rng) for unit in batch.to_pylist()]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
