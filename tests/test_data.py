@@ -251,17 +251,17 @@ def _row_ids(x: torch.Tensor) -> list[int]:
     return (x[:, 0, 0, 0].long() * 256 + x[:, 0, 0, 1].long()).tolist()
 
 
-def test_class_sorted_parquet_gives_mixed_batches_every_pass_in_a_new_order(tmp_path):
+def test_class_sorted_parquet_gives_mixed_batches_every_pass_in_a_new_order(tmp_path, monkeypatch):
     """One class-sorted file, written as most tools write it (one row group): the batches a worker
     gets mix the classes (majority share < 25% of 10 classes), each pass of the pipeline holds
-    every row the same number of times (20,000 rows are 157 units: a pass visits them twice), and
-    the second pass is not the first again. The Train worker holds a CPU the whole time: the
-    pipeline runs on the one left for it."""
-    import os
-
+    every row the same number of times (20,000 rows are 157 units: a pass of 256 units visits them
+    twice), and the second pass is not the first again. The Train worker holds a CPU the whole
+    time: the pipeline runs on the one left for it."""
     import ray
 
     from distgan.runtime import ray_data
+
+    monkeypatch.setattr(ray_data, "PASS_UNITS", 256)  # the default's 1,024: the same, in four times the rows
 
     classes, per_class, batch = 10, 2000, 32  # 20,000 rows: five times the shuffle buffer
     rows = classes * per_class

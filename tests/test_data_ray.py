@@ -3,6 +3,8 @@ data in object storage (a real S3-protocol server on loopback)."""
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,22 +22,22 @@ TINY = [
 ]  # fmt: skip
 
 
-def _labeled_parquet(path, rows: int, bad: int | None = None) -> str:
-    """8x8 images with labels 0..9 in row groups of UNIT_ROWS rows; row `bad` is not an image."""
+def _labeled_parquet(path, rows: int, bad: tuple[int, ...] = ()) -> str:
+    """8x8 images with labels 0..9 in row groups of UNIT_ROWS rows; the rows in `bad` are not images."""
     blobs = [png_bytes(im) for im in blob_images(rows, 8)]
-    if bad is not None:
-        blobs[bad] = b"not an image"
+    for row in bad:
+        blobs[row] = b"not an image"
     table = pa.table({"image": blobs, "label": [i % 10 for i in range(rows)]})
     pq.write_table(table, path, row_group_size=files.UNIT_ROWS)
     return str(path)
 
 
-def _unsampled_row(path: str) -> int:
-    """A row in a unit the driver's checks do not sample: only the training run meets it."""
+def _unsampled_rows(path: str) -> tuple[int, ...]:
+    """A row in each unit the driver's checks do not sample: only the training run meets them."""
     spec = DataSpec(name="parquet", path=path, column="image")
     units = files.units(spec)
     sampled = set(files.spread(len(units), 16))
-    return next(u["first_row"] + 5 for i, u in enumerate(units) if i not in sampled)
+    return tuple(u["first_row"] + 5 for i, u in enumerate(units) if i not in sampled)
 
 
 def _train(tmp_path, data: str, *extra: str, env=None):
@@ -52,10 +54,11 @@ def _train(tmp_path, data: str, *extra: str, env=None):
 
 def test_a_bad_image_mid_stream_is_skipped_and_counted_or_ends_the_run_naming_it(tmp_path):
     probe = _labeled_parquet(tmp_path / "probe.parquet", 20 * files.UNIT_ROWS)
-    bad = _unsampled_row(probe)
+    bad = _unsampled_rows(probe)
+    assert len(bad) == 4  # of 20 units, 16 sampled by the checks
     data = _labeled_parquet(tmp_path / "labeled.parquet", 20 * files.UNIT_ROWS, bad=bad)
 
-    # skip: 60 steps of 64 rows read all 2,560 rows at least once
+    # skip: 60 steps of 64 rows read 30 units; a fifth of a pass's units hold a bad row
     r, res = _train(
         tmp_path, data, "--workers", "1", "--name", "skip", "--set", "data.on_bad_image=skip",
         "--set", "train.steps=60", "--set", "train.eval_every=30", "--set", "train.checkpoint_every=60",
@@ -72,10 +75,10 @@ def test_a_bad_image_mid_stream_is_skipped_and_counted_or_ends_the_run_naming_it
         "--set", "train.steps=400", "--set", "train.eval_every=100", "--set", "train.checkpoint_every=100",
     )  # fmt: skip
     assert r.returncode == 1
-    assert res["status"] == "failed" and f"{data} row {bad} (column 'image') is not a readable image" in res["error"]
-    assert "data.on_bad_image=skip" in res["error"] and f"row {bad}" in r.stderr
-    # one epoch is 2,560 / 64 = 40 steps (a pass visits each unit 13 times): it stopped within the
-    # first two epochs' worth of steps, not at the end of restarts
+    named = re.search(rf"{re.escape(data)} row (\d+) \(column 'image'\) is not a readable image", res["error"])
+    assert res["status"] == "failed" and named and int(named[1]) in bad
+    assert "data.on_bad_image=skip" in res["error"] and f"row {named[1]}" in r.stderr
+    # one epoch is 2,560 / 64 = 40 steps: it stopped within the first two epochs' worth, not at the end of restarts
     assert res["steps"] <= 2 * 40 + 20
 
 

@@ -29,8 +29,8 @@ DATA_CPUS = 1.0  # kept free for Ray Data's read/decode tasks when the Train wor
 # Each pass of the pipeline begins with a pause, the training loop waiting: Ray Data starts a new execution
 # and the worker's shuffle buffer fills from the first decoded units (~0.5 s on a 2-core machine). A pass
 # visits at least this many units, so small data is visited several times per pass: on the 1,797 digits
-# (15 units), one pause per 18 epochs instead of one every 14 steps.
-PASS_UNITS = 256
+# (15 units), one pause per 69 epochs instead of one every 14 steps.
+PASS_UNITS = 1024
 # Units a map task reads and decodes: a task has a fixed cost, and on a 2-core machine 4 units a task
 # delivered 27% more images/s than 1 (benchmarks/data_pipeline.py, 32 px). Fewer when their decoded rows
 # would pass TASK_BYTES (large images: one unit a task), to keep blocks small in the object store.
