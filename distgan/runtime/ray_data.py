@@ -63,8 +63,9 @@ def datasets(spec: DataSpec, info: DataInfo, resume_salt: int = 0, materialize: 
     units = files.units(spec)
     order = RandomSeedConfig(spec.seed * 1_000_003 + resume_salt, reseed_after_execution=True)
     if materialize:  # decoded once; a pass is one epoch (no decoding to wait for, and a pass may not repeat a block)
-        decoded = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(**read).materialize()
-        return {"train": decoded.randomize_block_order(seed=order)}
+        # the units shuffled before the map too: a decoded block's units come from random places in the data
+        shuffled = ray.data.from_items(units, override_num_blocks=len(units)).randomize_block_order(seed=spec.seed)
+        return {"train": shuffled.map_batches(**read).materialize().randomize_block_order(seed=order)}
     repeats = pass_repeats(len(units))
     blocks = ray.data.from_items(units * repeats, override_num_blocks=len(units) * repeats)
     return {"train": blocks.randomize_block_order(seed=order).map_batches(**read)}
