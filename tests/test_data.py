@@ -347,6 +347,7 @@ def test_units_are_listed_once_per_version_of_the_files(tmp_path):
     data.inspect(spec)
     first = files.units(spec)
     assert [(u["row_group"], u["start"], u["first_row"]) for u in first] == [(0, 0, 0), (1, 0, 100)]
+    assert files.units(spec)[0] is first[0]  # the listing inspect made, not a new one
     first.clear()  # a caller's list is its own
     assert len(files.units(spec)) == 2
     pq.write_table(pa.table({"image": _numbered_images(range(300))}), path, row_group_size=100)
