@@ -6,7 +6,8 @@
    same decode over the same Parquet files, at 32 and 64 px. Both are timed over as many images as
    one pass of distgan's pipeline holds, after a warm-up epoch: the pause at the start of each pass
    is in the figure at its real rate. Target >= 1.0.
-   Also the copy `distgan search` decodes once for all its trials vs streaming (decoding every epoch).
+   Also the copy `distgan search` decodes once for all its trials vs streaming (decoding every epoch),
+   and the same images written as one row group (pandas' and pyarrow's default) vs 128-row groups.
 2. checks: wall time and peak memory (max RSS of a fresh process) of the driver's checks
    (`data.inspect`, the unit list, the fingerprint) on 100k rows vs 10k rows (medians of five
    alternating runs). Target <= 1.2.
@@ -103,7 +104,7 @@ def _delivered(ds, info, batch: int, warmup: int, timed: int) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def ingest(path: Path, resolution: int, procs: int, batch: int) -> tuple[float, float, float]:
+def ingest(path: Path, resolution: int, procs: int, batch: int, one_group: Path | None = None) -> tuple:
     import ray
 
     from distgan.runtime import ray_data
@@ -111,6 +112,7 @@ def ingest(path: Path, resolution: int, procs: int, batch: int) -> tuple[float, 
     spec = DataSpec(name="parquet", path=str(path), column="image", resolution=resolution)
     info = data.inspect(spec)
     warmup, timed = info.num_rows // batch * batch, _pass_rows(spec, info) // batch * batch
+    one = None
 
     loader = torch.utils.data.DataLoader(
         UnitDataset(spec, files.Layout(info.kind, info.sample_shape, info.num_rows, None)),
@@ -131,9 +133,12 @@ def ingest(path: Path, resolution: int, procs: int, batch: int) -> tuple[float, 
     try:
         ours = _delivered(ray_data.datasets(spec, info)["train"], info, batch, warmup, timed)
         decoded = _delivered(ray_data.datasets(spec, info, materialize=True)["train"], info, batch, warmup, timed)
+        if one_group is not None:  # the same rows in one row group: each is read from the group kept in memory
+            spec = spec.model_copy(update={"path": str(one_group)})
+            one = _delivered(ray_data.datasets(spec, data.inspect(spec))["train"], info, batch, warmup, timed)
     finally:
         ray.shutdown()
-    return ours, bare, decoded
+    return ours, bare, decoded, one
 
 
 # ------------------------------------------------------------------ 2. checks
@@ -223,11 +228,16 @@ def main() -> None:
         tmp = Path(d)
         rows = []
         photos = tmp / "photos.parquet"
-        pq.write_table(pa.table({"image": photo_like(args.images, 96)}), photos, row_group_size=files.UNIT_ROWS)
+        table = pa.table({"image": photo_like(args.images, 96)})
+        pq.write_table(table, photos, row_group_size=files.UNIT_ROWS)
+        pq.write_table(table, one_group := tmp / "photos-one-group.parquet")  # pandas' and pyarrow's default
         for res in (32, 64):
-            ours, bare, decoded = ingest(photos, res, args.procs, 64)
+            ours, bare, decoded, one = ingest(photos, res, args.procs, 64, one_group if res == 32 else None)
             rows.append((f"ingest {res}px, {args.procs} proc: distgan / DataLoader img/s", ours, bare, ours / bare))
             rows.append((f"ingest {res}px: decoded once (search) / streaming img/s", decoded, ours, decoded / ours))
+            if one is not None:
+                name = f"ingest {res}px: one row group / {files.UNIT_ROWS}-row groups img/s"
+                rows.append((name, one, ours, one / ours))
         small, large = tmp / "10k.parquet", tmp / "100k.parquet"
         labeled_digits_parquet(small, 10_000)
         labeled_digits_parquet(large, 100_000)

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, blob_images, png_bytes, run_cli, write_image_parquet
 from PIL import Image
 
-from distgan import data
+from distgan import data, storage
 from distgan.data import builtin, files
 from distgan.errors import InputError
 from distgan.metrics.mixture import mixture_means, mixture_quality
@@ -337,6 +337,68 @@ def test_a_map_task_reads_a_few_units_unless_their_rows_are_large():
     assert per_task("image", (1, 8, 8)) == per_task("image", (3, 64, 64)) == per_task("vector", (2,)) == 4
     assert per_task("image", (3, 128, 128)) == 2  # 6 MiB of uint8 rows a unit: two fit 16 MiB
     assert per_task("image", (3, 256, 256)) == per_task("vector", (100_000,)) == 1
+
+
+def test_rows_skipped_in_a_map_task_are_all_counted_even_a_unit_with_no_good_row(tmp_path):
+    """data.on_bad_image=skip: the count of dropped rows rides on the task's first row. A unit
+    whose every row is bad has no row of its own to carry its count; it is counted all the same."""
+    from distgan.runtime import ray_data
+
+    n = files.UNIT_ROWS
+    images = _numbered_images(range(4 * n))
+    bad = [*range(n, 2 * n), 2 * n + 5, 2 * n + 6, 2 * n + 7]  # all of unit 1, three rows of unit 2
+    for i in bad:
+        images[i] = b"not an image"
+    path = tmp_path / "some-bad.parquet"
+    pq.write_table(pa.table({"image": images}), path, row_group_size=n)
+    spec = DataSpec(name="parquet", path=str(path), column="image", on_bad_image="skip")
+    info = data.inspect(spec)
+    layout = files.Layout(info.kind, info.sample_shape, info.num_rows, None)
+    assert ray_data.units_per_task(layout) == 4  # the four units are one task
+    out = ray_data._read_units(
+        pa.Table.from_pylist(files.units(spec)), spec, files.decoder(spec, layout), None, storage.resolve(str(path))[0]
+    )
+    assert len(out["x"]) == len(out["skipped"]) == 4 * n - len(bad)
+    assert out["skipped"].sum() == len(bad) and out["skipped"][1:].sum() == 0
+    assert sorted(_row_ids(torch.from_numpy(out["x"]))) == sorted(set(range(4 * n)) - set(bad))
+
+
+def test_a_long_row_group_is_read_once_for_all_its_slices(tmp_path, monkeypatch):
+    """pandas and pyarrow write one row group per million rows by default, and Parquet reads a group
+    whole: a 128-row unit read per slice would read such a file once per 128 rows. A process keeps
+    the groups it read (up to GROUP_CACHE_BYTES) for their other slices; a larger group is read
+    per slice, and the checks warn of it. The driver keeps no group after its checks."""
+    rows = 8 * files.UNIT_ROWS
+    path = tmp_path / "one-group.parquet"
+    pq.write_table(pa.table({"image": _numbered_images(range(rows))}), path)  # one row group
+    spec = DataSpec(name="parquet", path=str(path), column="image")
+    info = data.inspect(spec)
+    assert not files._GROUPS
+    dec = files.decoder(spec, files.Layout(info.kind, info.sample_shape, info.num_rows, None))
+    fs = storage.resolve(str(path))[0]
+    reads = []
+    read_row_group = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile, "read_row_group", lambda self, i, **kw: reads.append(i) or read_row_group(self, i, **kw)
+    )
+
+    def every_row() -> list[int]:
+        return [
+            i
+            for u in files.units(spec)
+            for i in _row_ids(torch.from_numpy(files.read_unit(spec, dec, None, u, fs)["x"]))
+        ]
+
+    assert len(files.units(spec)) == 8
+    assert every_row() == list(range(rows)) and reads == [0]
+
+    files._GROUPS.clear()
+    reads.clear()
+    monkeypatch.setattr(files, "GROUP_CACHE_BYTES", 1000)
+    with pytest.warns(UserWarning, match=r"one-group.parquet: row group 0 holds 1,024 rows .*each 128-row slice"):
+        data.inspect(spec)
+    reads.clear()
+    assert every_row() == list(range(rows)) and reads == [0] * 8
 
 
 def test_units_are_listed_once_per_version_of_the_files(tmp_path):

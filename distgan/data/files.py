@@ -19,6 +19,7 @@ import io
 import math
 import re
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 # dozens of places in the data: a class-sorted file still gives well-mixed batches. A row group
 # larger than this is read once per slice: `distgan data build` writes row groups of this size.
 UNIT_ROWS = 128
+# A row group longer than a unit is read whole for each of its slices (Parquet has no cheaper way to
+# a slice of a group): a file written with one large group, pandas' and pyarrow's default, would be
+# read whole for every 128 rows. Each process keeps the groups it read, up to this many bytes of
+# them, so each is read once per process; larger groups are read once per slice (the checks warn).
+GROUP_CACHE_BYTES = 256 * 2**20
 SAMPLE_IMAGES = 256  # decoded by the checks on the driver, spread over the whole data
 GRAYSCALE_MODES = {"1", "L", "I", "I;16", "F"}
 
@@ -198,21 +204,38 @@ def _read_rows(spec: DataSpec, unit: dict, fs) -> tuple[list, list | None, list[
         values = [storage.read_bytes(fs, p) for p in unit["paths"]]
         return values, None, list(unit["paths"])
     columns = [spec.column] + ([spec.label_column] if spec.label_column else [])
-    with fs.open_input_file(unit["path"]) as f:
-        table = pq.ParquetFile(f, metadata=_footer(fs, unit["path"], tuple(unit["version"]))).read_row_group(
-            unit["row_group"], columns=columns
-        )
-    table = table.slice(unit["start"], UNIT_ROWS)
+    table = _row_group(fs, unit, columns).slice(unit["start"], UNIT_ROWS)
     labels = table.column(spec.label_column).to_pylist() if spec.label_column else None
     where = [f"{unit['path']} row {unit['first_row'] + i}" for i in range(table.num_rows)]
     return table.column(spec.column).to_pylist(), labels, where
 
 
+_GROUPS: OrderedDict[tuple, pa.Table] = OrderedDict()  # (path, version, group, columns) -> the group, newest last
+
+
+def _row_group(fs, unit: dict, columns: list[str]) -> pa.Table:
+    """The unit's row group (`columns` only). A group longer than a unit is kept for its other slices
+    while the kept groups fit GROUP_CACHE_BYTES, the oldest dropped first."""
+    version = tuple(unit["version"])
+    key = (unit["path"], version, unit["row_group"], tuple(columns))
+    if key in _GROUPS:
+        _GROUPS.move_to_end(key)
+        return _GROUPS[key]
+    with fs.open_input_file(unit["path"]) as f:
+        table = pq.ParquetFile(f, metadata=_footer(fs, unit["path"], version)).read_row_group(
+            unit["row_group"], columns=columns
+        )
+    if table.num_rows > UNIT_ROWS and table.nbytes <= GROUP_CACHE_BYTES:
+        _GROUPS[key] = table
+        while sum(t.nbytes for t in _GROUPS.values()) > GROUP_CACHE_BYTES:
+            _GROUPS.popitem(last=False)
+    return table
+
+
 def read_unit(spec: DataSpec, dec: Decoder, num_classes: int | None, unit: dict, fs, rng=None) -> dict:
-    """One unit as {"x": samples, "y": labels (when labeled), "skipped": rows dropped}: uint8 [n, C, R, R]
-    images or float32 [n, dim] vectors. A bad row raises InputError naming file, column and row
-    (data.on_bad_image=fail) or is dropped and counted (skip). The count rides on the unit's first
-    row (a column summed by the reader), so it survives the shuffles."""
+    """One unit as {"x": samples, "y": labels (when labeled), "skipped": how many rows were dropped}:
+    uint8 [n, C, R, R] images or float32 [n, dim] vectors. A bad row raises InputError naming file,
+    column and row (data.on_bad_image=fail) or is dropped and counted (skip)."""
     values, labels, where = _read_rows(spec, unit, fs)
     samples, kept, skipped = [], [], 0
     for i, value in enumerate(values):
@@ -223,9 +246,7 @@ def read_unit(spec: DataSpec, dec: Decoder, num_classes: int | None, unit: dict,
             samples.append(sample)
             kept.append(i)
     x = np.stack(samples) if samples else np.zeros((0, *dec.shape), np.uint8 if dec.kind == "image" else np.float32)
-    out = {"x": x, "skipped": np.zeros(len(kept), np.int64)}
-    if len(kept):
-        out["skipped"][0] = skipped
+    out = {"x": x, "skipped": skipped}
     if labels is not None:
         y = np.array([labels[i] for i in kept], dtype=np.int64)
         bad = np.flatnonzero((y < 0) | (y >= num_classes))
@@ -268,11 +289,29 @@ def inspect(spec: DataSpec) -> Layout:
         kind, vector_len = this, vector_len or length
         if spec.label_column:
             max_label = max(max_label, _label_range(fs, f.path, md, schema, spec.label_column))
+        if md.num_rows > UNIT_ROWS * md.num_row_groups:  # some groups are longer than a unit
+            _warn_if_groups_are_large(f.path, md, [spec.column, spec.label_column])
         rows += md.num_rows
     if rows == 0:
         raise InputError(f"data.path {spec.path!r}: column {spec.column!r} is empty (0 rows in {len(found)} file(s))")
     num_classes = max_label + 1 if spec.label_column else None
-    return _sampled_layout(spec, fs, found, kind, vector_len, rows, num_classes)
+    try:
+        return _sampled_layout(spec, fs, found, kind, vector_len, rows, num_classes)
+    finally:
+        _GROUPS.clear()  # the driver keeps no row groups for the run
+
+
+def _warn_if_groups_are_large(path: str, md, columns: list[str | None]) -> None:
+    leaves = [i for i in range(md.num_columns) if md.schema.column(i).path in columns]
+    groups = [md.row_group(g) for g in range(md.num_row_groups)]
+    size, g = max((sum(rg.column(i).total_uncompressed_size for i in leaves), g) for g, rg in enumerate(groups))
+    if size > GROUP_CACHE_BYTES:
+        warnings.warn(
+            f"{path}: row group {g} holds {groups[g].num_rows:,} rows ({size / 2**20:,.0f} MiB), too large to keep: "
+            f"it is read whole for each {UNIT_ROWS}-row slice. Rewrite the file with smaller row groups "
+            f"(pyarrow's row_group_size={UNIT_ROWS}) to read it once.",
+            stacklevel=2,
+        )
 
 
 def _column_kind(schema: pa.Schema, column: str, path: str) -> tuple[str, int | None]:
@@ -405,7 +444,10 @@ def sample(spec: DataSpec, layout: Layout, limit: int) -> tuple[np.ndarray, np.n
     picked = [all_units[i] for i in spread(len(all_units), math.ceil(limit / UNIT_ROWS) + 1)]
     lenient = spec.model_copy(update={"on_bad_image": "skip"})  # the training run decides what bad rows mean
     # no rng: the centre crop and no flip, whatever data.crop and data.flip say
-    parts = [read_unit(lenient, decoder(spec, layout), layout.num_classes, u, fs) for u in picked]
+    try:
+        parts = [read_unit(lenient, decoder(spec, layout), layout.num_classes, u, fs) for u in picked]
+    finally:
+        _GROUPS.clear()
     x = np.concatenate([p["x"] for p in parts])
     keep = spread(len(x), limit)
     if layout.kind == "image":

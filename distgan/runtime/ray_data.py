@@ -83,10 +83,18 @@ def pass_repeats(num_units: int) -> int:
 
 def _read_units(batch, spec: DataSpec, decoder: files.Decoder, num_classes: int | None, fs) -> dict:
     """A map task's work: the unit(s) of `batch` read and decoded. Random crops and flips draw
-    from a fresh generator, so every visit of a unit sees new ones."""
+    from a fresh generator, so every visit of a unit sees new ones.
+
+    The rows dropped as bad (data.on_bad_image=skip) are counted on the task's first row, a column
+    the worker sums (`data.ShardStream`): the count survives the shuffles, and a unit whose every
+    row was bad still counts when another unit of the task kept a row."""
     rng = np.random.default_rng()
     parts = [files.read_unit(spec, decoder, num_classes, unit, fs, rng) for unit in batch.to_pylist()]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "skipped"}
+    out["skipped"] = np.zeros(len(out["x"]), np.int64)
+    if len(out["x"]):
+        out["skipped"][0] = sum(p["skipped"] for p in parts)
+    return out
 
 
 def worker_cpus(requested: float, workers: int, cluster_cpus: float) -> float:
