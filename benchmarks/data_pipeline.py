@@ -9,7 +9,7 @@
    Also the copy `distgan search` decodes once for all its trials vs streaming (decoding every epoch),
    and the same images written as one row group (pandas' and pyarrow's default) vs 128-row groups.
 2. checks: wall time and peak memory (max RSS of a fresh process) of the driver's checks
-   (`data.inspect`, the unit list, the fingerprint) on 100k rows vs 10k rows (medians of five
+   (`data.inspect`, the unit list, the fingerprint) on 100k rows vs 10k rows (medians of eleven
    alternating runs). Target <= 1.2.
 3. step: the training step fed by streaming Parquet (the digits written as PNGs) vs the in-memory
    built-in digits at the same resolution, same dcgan; timed over one pass of the pipeline (one
@@ -241,7 +241,7 @@ def main() -> None:
         small, large = tmp / "10k.parquet", tmp / "100k.parquet"
         labeled_digits_parquet(small, 10_000)
         labeled_digits_parquet(large, 100_000)
-        runs = [(checks(small), checks(large)) for _ in range(5)]  # alternating; medians of five
+        runs = [(checks(small), checks(large)) for _ in range(11)]  # alternating; medians of eleven
         ts, ms = np.median([r[0] for r in runs], axis=0)
         tl, ml = np.median([r[1] for r in runs], axis=0)
         rows.append(("driver checks time s: 100k / 10k rows", tl, ts, tl / ts))
