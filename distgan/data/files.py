@@ -34,8 +34,9 @@ from distgan.spec.job import DataSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 # Rows per unit. Small, so that a worker's shuffle buffer of a few thousand rows holds rows from
-# dozens of places in the data: a class-sorted file still gives well-mixed batches. A row group
-# larger than this is read once per slice: `distgan data build` writes row groups of this size.
+# dozens of places in the data: a class-sorted file still gives well-mixed batches. A longer row
+# group is read in slices of this size (see GROUP_CACHE_BYTES); `distgan data build` writes row
+# groups of this size.
 UNIT_ROWS = 128
 # A row group longer than a unit is read whole for each of its slices (Parquet has no cheaper way to
 # a slice of a group): a file written with one large group, pandas' and pyarrow's default, would be
