@@ -33,6 +33,7 @@ ROWS = {
     "stacked-digits": ("stacked-digits.yaml", ("modes", "reverse_kl")),
     "seed-minimax": ("seed-minimax.yaml", ("classes_covered", "fd_digits")),
     "seed-fixed": ("seed-fixed.yaml", ("classes_covered", "fd_digits")),
+    "digits-resnet28": ("digits-resnet28.yaml", ("classes_covered", "fd_digits")),
 }
 
 
