@@ -112,7 +112,6 @@ def ingest(path: Path, resolution: int, procs: int, batch: int, one_group: Path 
     spec = DataSpec(name="parquet", path=str(path), column="image", resolution=resolution)
     info = data.inspect(spec)
     warmup, timed = info.num_rows // batch * batch, _pass_rows(spec, info) // batch * batch
-    one = None
 
     loader = torch.utils.data.DataLoader(
         UnitDataset(spec, files.Layout(info.kind, info.sample_shape, info.num_rows, None)),
@@ -129,6 +128,7 @@ def ingest(path: Path, resolution: int, procs: int, batch: int, one_group: Path 
     bare = seen / (time.perf_counter() - t0)
     del batches, loader
 
+    one = None  # img/s from `one_group`, when given
     ray.init(num_cpus=procs, include_dashboard=False, log_to_driver=False)
     try:
         ours = _delivered(ray_data.datasets(spec, info)["train"], info, batch, warmup, timed)
