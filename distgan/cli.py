@@ -163,9 +163,9 @@ def _eval(args: argparse.Namespace) -> int:
     from distgan.commands.evaluate import evaluate
     from distgan.metrics import names
 
-    result = evaluate(args.source, args.data, args.n, args.seed, args.feature_net, args.tracking_uri)
+    result = evaluate(args.source, args.data, args.n, args.seed, args.feature_net, args.tracking_uri, args.device)
     _write_json(args.json_out, result.to_json())
-    print(f"{result.source} on {result.dataset} ({result.n} samples): {names.summary(result.metrics)}")
+    print(f"{result.source} on {result.dataset} ({result.n} samples, {result.device}): {names.summary(result.metrics)}")
     for k, v in sorted(result.metrics.items()):
         print(f"  {k:18} {v:.5g}")
     return 0
@@ -449,6 +449,12 @@ def parser() -> argparse.ArgumentParser:
         help="digits, inception, dinov2 or a TorchScript file (default: metrics.feature_net of the spec)",
     )
     e.add_argument("--tracking-uri", help="MLflow tracking/registry URI, for model URIs (default as for train)")
+    e.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to sample and extract features (default auto: the GPU when torch sees one)",
+    )
     e.add_argument("--json-out", metavar="FILE")
     e.set_defaults(fn=_eval)
 

@@ -392,7 +392,7 @@ def test_a_long_row_group_is_read_once_for_all_its_slices(tmp_path, monkeypatch)
     assert len(files.units(spec)) == 8
     assert every_row() == list(range(rows)) and reads == [0]
 
-    files._GROUPS.clear()
+    files.clear_caches()
     monkeypatch.setattr(files, "GROUP_CACHE_BYTES", 1000)
     with pytest.warns(UserWarning, match=r"one-group.parquet: row group 0 holds 1,024 rows .*each 128-row slice"):
         data.inspect(spec)

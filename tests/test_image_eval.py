@@ -1,6 +1,8 @@
 """The image-quality path end to end, without Ray: feature networks, cached reference features,
 and the Evaluator on generators built from real digits (a healthy one, and one collapsed to a class)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -101,7 +103,7 @@ def test_auto_picks_the_digits_net_for_digits():
     assert features.resolve("none", "digits") is None
 
 
-def _digits_checkpoint(tmp_path, steps: int = 3):
+def _digits_checkpoint(tmp_path, steps: int = 3, extra: tuple[str, ...] = ()):
     """A run's checkpoint as the loop writes it: a few steps of the real loop, in this process."""
     from distgan.core import loop
 
@@ -113,6 +115,7 @@ def _digits_checkpoint(tmp_path, steps: int = 3):
             f"train.steps={steps}",
             "train.eval_samples=64",
             "metrics.final_samples=64",
+            *extra,
         ],
     )
     session = loop.LocalSession(tmp_path / "run")
@@ -138,6 +141,7 @@ def test_distgan_eval_on_a_checkpoint(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = read_json(out)
     assert res["dataset"] == "digits" and res["feature_net"] == "digits" and res["n"] == 400
+    assert res["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
     assert res["metrics"]["fd_digits"] > 0 and 0 <= res["metrics"]["classes_covered"] <= 1
     assert "fd_digits" in r.stdout
     # a 2-D dataset for an image generator, and a source that does not exist: exit 2, one line
@@ -145,6 +149,28 @@ def test_distgan_eval_on_a_checkpoint(tmp_path):
     assert r.returncode == 2 and "makes images; grid25 is 2-D points" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", str(tmp_path / "nope"), cwd=tmp_path)
     assert r.returncode == 2 and "neither a file/directory nor a model URI" in r.stderr
+    if not torch.cuda.is_available():  # asking for a GPU that is not there
+        r = run_cli("eval", str(tmp_path / "run"), "--device", "cuda", cwd=tmp_path)
+        assert r.returncode == 2 and "sees no CUDA GPU here; use --device cpu" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_eval_of_a_run_directory_skips_a_corrupt_newest_checkpoint_as_a_resume_does(tmp_path, capsys):
+    from distgan.commands.evaluate import evaluate
+
+    newest = Path(_digits_checkpoint(tmp_path, steps=4, extra=("train.checkpoint_every=2",)))
+    older = newest.parent / "checkpoint_0000002"
+    assert newest.name == "checkpoint_0000004" and older.is_dir()
+    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:1000])  # a copy cut short
+    capsys.readouterr()
+    of_run = evaluate(str(tmp_path / "run"), n=200, device="cpu")
+    warning = capsys.readouterr().err
+    assert "checkpoint_0000004" in warning and "unusable; evaluating" in warning and "step 2" in warning
+    assert of_run.metrics == evaluate(str(older), n=200, device="cpu").metrics
+    # with no checkpoint left that verifies: exit-2 input error naming the run directory
+    (older / "state.pt").write_bytes(b"")
+    with pytest.raises(InputError, match=r"run: no usable checkpoint .*checkpoint_0000004.*checkpoint_0000002"):
+        evaluate(str(tmp_path / "run"), n=200, device="cpu")
 
 
 def test_final_eval_ranks_on_the_eval_sample_size_and_reports_the_large_sample_apart():

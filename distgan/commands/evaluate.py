@@ -26,6 +26,7 @@ class EvalResult:
     feature_net: str | None
     n: int
     seed: int
+    device: str
     metrics: dict
 
     def to_json(self) -> dict:
@@ -39,9 +40,12 @@ def evaluate(
     seed: int = 0,
     feature_net: str | None = None,
     tracking_uri: str | None = None,
+    device: str = "auto",
 ) -> EvalResult:
     """The metrics of one generator (a model URI, a run directory or a checkpoint) on its data, or
-    on `data_arg` (a built-in dataset name or a job spec whose data/metrics it takes)."""
+    on `data_arg` (a built-in dataset name or a job spec whose data/metrics it takes), computed on
+    `device`: cpu, cuda, or auto (the GPU when there is one)."""
+    where = eval_device(device)
     if Path(source).exists():
         state = checkpoint.read_any(Path(source))
         spec = JobSpec.model_validate(state["spec"])
@@ -78,8 +82,8 @@ def evaluate(
             f"the generator makes samples of shape {sample_shape}; {spec.data.name} data is {tuple(info.sample_shape)}"
         )
     n_arg, n = n, n or spec.train.eval_samples
-    evaluator = Evaluator(spec, info, torch.device("cpu"))
-    generator.eval()
+    evaluator = Evaluator(spec, info, where)
+    generator.to(where).eval()
     if info.kind == "mixture":
         metrics = evaluator.mixture_over_seeds(generator, n, seed)
     elif evaluator.net is None:
@@ -92,4 +96,13 @@ def evaluate(
     else:
         metrics = evaluator.image_metrics(generator, n, seed)
     net = evaluator.net.name if evaluator.net else None
-    return EvalResult("finished", source, spec.data.name, net, n, seed, metrics)
+    return EvalResult("finished", source, spec.data.name, net, n, seed, where.type, metrics)
+
+
+def eval_device(name: str) -> torch.device:
+    """The device `distgan eval --device NAME` computes on; InputError for cuda on a machine without one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device cuda: torch {torch.__version__} sees no CUDA GPU here; use --device cpu (or auto)")
+    return torch.device(name)

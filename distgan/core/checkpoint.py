@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -87,9 +88,14 @@ def latest(run_dir: str | Path) -> str | None:
     return found[-1] if found else None
 
 
-def read_newest_good(newest: str, warn=print) -> dict:
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def read_newest_good(newest: str, warn=print, doing: str = "resuming from") -> dict:
     """The state of `newest` (a checkpoint directory) or, when it does not verify, of the newest
-    checkpoint before it in the same run directory that does, with one warning naming both."""
+    checkpoint before it in the same run directory that does, with one warning naming both (and
+    what is `doing` with the one taken)."""
     try:
         return _verified(newest)  # the usual case: no listing of the run directory
     except BadCheckpoint as e:
@@ -102,13 +108,14 @@ def read_newest_good(newest: str, warn=print) -> dict:
             bad.append(f"{candidate} ({e})")
             continue
         if bad:
-            warn(f"warning: checkpoint {'; '.join(bad)} is unusable; resuming from {candidate} (step {state['step']})")
+            warn(f"warning: checkpoint {'; '.join(bad)} is unusable; {doing} {candidate} (step {state['step']})")
         return state
     raise RuntimeError(f"no usable checkpoint to resume from: {'; '.join(bad)}")
 
 
-def read_any(path: Path) -> dict:
-    """A checkpoint's state from the file, its directory, or the newest checkpoint of a run directory."""
+def read_any(path: Path, warn=_to_stderr) -> dict:
+    """A checkpoint's state from the file, its directory, or a run directory: its newest checkpoint
+    that verifies (as a resume would take it: one that does not is skipped, with a warning)."""
     if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
         newest = latest(path)
         if newest is None:
@@ -116,7 +123,10 @@ def read_any(path: Path) -> dict:
                 f"{path} holds no {CHECKPOINT_FILE} and no checkpoint_*/{CHECKPOINT_FILE}; "
                 "give a run directory, a checkpoint or a model URI"
             )
-        return read(newest)
+        try:
+            return read_newest_good(newest, warn, doing="evaluating")
+        except RuntimeError as e:
+            raise InputError(f"{path}: {e}") from None
     return read(path)
 
 

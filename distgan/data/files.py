@@ -214,6 +214,14 @@ def _read_rows(spec: DataSpec, unit: dict, fs) -> tuple[list, list | None, list[
 _GROUPS: OrderedDict[tuple, pa.Table] = OrderedDict()  # (path, version, group, columns) -> the group, newest last
 
 
+def clear_caches() -> None:
+    """Forget the footers, unit lists and row groups this process keeps: the next read parses and
+    reads them again (a changed file is noticed without it: the caches key on size and mtime)."""
+    _FOOTERS.clear()
+    _UNITS.clear()
+    _GROUPS.clear()
+
+
 def _row_group(fs, unit: dict, columns: list[str]) -> pa.Table:
     """The unit's row group (`columns` only). A group longer than a unit is kept for its other slices
     while the kept groups fit GROUP_CACHE_BYTES, the oldest dropped first."""
