@@ -323,6 +323,21 @@ def test_the_trainer_accepts_the_output(folder, tmp_path):
     assert data.inspect(spec).num_classes == 2
 
 
+def test_the_builder_and_the_folder_reader_agree_on_formats_and_channels(tmp_path):
+    """Gray-with-alpha (LA) images are gray to both, and .tif/.tiff files are images to both: training
+    on a folder and on what `data build` made of it sees the same images."""
+    src = tmp_path / "gray"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.stack([noise((8, 8), i), np.full((8, 8), 255, np.uint8)], -1), "LA").save(src / f"{i}.png")
+    Image.fromarray(noise((8, 8), 3)).save(src / "3.tif")
+    Image.fromarray(noise((8, 8), 4)).save(src / "4.tiff")
+    folder = data.inspect(DataSpec(name="imagefolder", path=str(src)))
+    build(str(src), str(tmp_path / "gray.parquet"), Options(), False)
+    built = data.inspect(DataSpec(name="parquet", path=str(tmp_path / "gray.parquet"), column="image"))
+    assert (folder.num_rows, folder.sample_shape) == (built.num_rows, built.sample_shape) == (5, (1, 8, 8))
+
+
 def test_cli(folder, tmp_path):
     src, _ = folder
     r = run_cli("data", "build", str(src), "pets-data", "--resolution", "8", "--json-out", "r.json", cwd=tmp_path)

@@ -32,8 +32,7 @@ from distgan import storage
 from distgan.data import files
 from distgan.errors import InputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
+IMAGE_SUFFIXES, GRAYSCALE_MODES = files.IMAGE_SUFFIXES, files.GRAYSCALE_MODES  # what the trainer's folder reader reads
 # The trainer reads and shuffles Parquet a unit at a time (a row group, or a slice of a longer one,
 # read again for every slice): row groups of one unit make a well-mixed shuffle and no repeated reads.
 ROW_GROUP_ROWS = files.UNIT_ROWS

@@ -32,7 +32,7 @@ from distgan import storage
 from distgan.errors import InputError
 from distgan.spec.job import DataSpec
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # `data build` reads the same
 # Rows per unit. Small, so that a worker's shuffle buffer of a few thousand rows holds rows from
 # dozens of places in the data: a class-sorted file still gives well-mixed batches. A longer row
 # group is read in slices of this size (see GROUP_CACHE_BYTES); `distgan data build` writes row
@@ -44,7 +44,7 @@ UNIT_ROWS = 128
 # them, so each is read once per process; larger groups are read once per slice (the checks warn).
 GROUP_CACHE_BYTES = 256 * 2**20
 SAMPLE_IMAGES = 256  # decoded by the checks on the driver, spread over the whole data
-GRAYSCALE_MODES = {"1", "L", "I", "I;16", "F"}
+GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL modes read as 1 channel
 
 
 class BadRow(Exception):
