@@ -253,11 +253,11 @@ def main() -> None:
         labeled_digits_parquet(small, 10_000)
         labeled_digits_parquet(large, 100_000)
         runs = [(checks(small), checks(large)) for _ in range(11)]  # alternating; medians of eleven processes
-        fs_, as_, ms = np.median([r[0] for r in runs], axis=0)
-        fl, al, ml = np.median([r[1] for r in runs], axis=0)
-        rows.append(("driver checks time s, repeated: 100k / 10k rows", al, as_, al / as_))
-        rows.append(("driver checks time s, first in a process: 100k / 10k rows", fl, fs_, fl / fs_))
-        rows.append(("driver checks max RSS KiB: 100k / 10k rows", ml, ms, ml / ms))
+        first_s, again_s, rss_s = np.median([r[0] for r in runs], axis=0)  # 10k rows
+        first_l, again_l, rss_l = np.median([r[1] for r in runs], axis=0)  # 100k rows
+        rows.append(("driver checks time s, repeated: 100k / 10k rows", again_l, again_s, again_l / again_s))
+        rows.append(("driver checks time s, first in a process: 100k / 10k rows", first_l, first_s, first_l / first_s))
+        rows.append(("driver checks max RSS KiB: 100k / 10k rows", rss_l, rss_s, rss_l / rss_s))
         stream_s, memory_s, steps = streaming_vs_memory(tmp, 30)
         name = f"digits dcgan step s ({steps} steps): streaming / in-memory"
         rows.append((name, stream_s, memory_s, stream_s / memory_s))

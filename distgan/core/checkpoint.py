@@ -88,10 +88,6 @@ def latest(run_dir: str | Path) -> str | None:
     return found[-1] if found else None
 
 
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def read_newest_good(newest: str, warn=print, doing: str = "resuming from") -> dict:
     """The state of `newest` (a checkpoint directory) or, when it does not verify, of the newest
     checkpoint before it in the same run directory that does, with one warning naming both (and
@@ -113,7 +109,7 @@ def read_newest_good(newest: str, warn=print, doing: str = "resuming from") -> d
     raise RuntimeError(f"no usable checkpoint to resume from: {'; '.join(bad)}")
 
 
-def read_any(path: Path, warn=_to_stderr) -> dict:
+def read_any(path: Path) -> dict:
     """A checkpoint's state from the file, its directory, or a run directory: its newest checkpoint
     that verifies (as a resume would take it: one that does not is skipped, with a warning)."""
     if path.is_dir() and not (path / CHECKPOINT_FILE).is_file():
@@ -124,7 +120,7 @@ def read_any(path: Path, warn=_to_stderr) -> dict:
                 "give a run directory, a checkpoint or a model URI"
             )
         try:
-            return read_newest_good(newest, warn, doing="evaluating")
+            return read_newest_good(newest, lambda message: print(message, file=sys.stderr), doing="evaluating")
         except RuntimeError as e:
             raise InputError(f"{path}: {e}") from None
     return read(path)

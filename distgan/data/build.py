@@ -32,7 +32,6 @@ from distgan import storage
 from distgan.data import files
 from distgan.errors import InputError
 
-IMAGE_SUFFIXES, GRAYSCALE_MODES = files.IMAGE_SUFFIXES, files.GRAYSCALE_MODES  # what the trainer's folder reader reads
 # The trainer reads and shuffles Parquet a unit at a time (a row group, or a slice of a longer one,
 # read again for every slice): row groups of one unit make a well-mixed shuffle and no repeated reads.
 ROW_GROUP_ROWS = files.UNIT_ROWS
@@ -96,7 +95,7 @@ def _layout(paths: list[PurePosixPath], where: str) -> tuple[list[str] | None, l
 
 def _is_image(name: str) -> bool:
     p = PurePosixPath(name)
-    return p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.parts)
+    return p.suffix.lower() in files.IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.parts)
 
 
 def read_folder(src: Path) -> Source:
@@ -206,7 +205,7 @@ def open_source(src: str) -> Source:
     except zipfile.BadZipFile as e:
         raise InputError(f"{src}: not a readable zip ({e})") from None
     if source.count == 0:
-        raise InputError(f"{src} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(f"{src} holds no images ({', '.join(sorted(files.IMAGE_SUFFIXES))})")
     return source
 
 
@@ -239,7 +238,7 @@ def png(load: Callable[[], bytes | np.ndarray], options: Options) -> bytes:
     im = _decoded(load)
     if im.mode == "P":  # a palette's transparency is read through RGBA
         im = im.convert("RGBA")
-    channels = options.channels or (1 if im.mode in GRAYSCALE_MODES else 3)
+    channels = options.channels or (1 if im.mode in files.GRAYSCALE_MODES else 3)
     mode = "L" if channels == 1 else "RGB"
     if im.mode != mode:
         im = im.convert(mode)
