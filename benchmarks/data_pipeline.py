@@ -12,11 +12,13 @@
    (`data.inspect`, the unit list, the fingerprint) on 100k rows vs 10k rows, in eleven alternating
    fresh processes (medians). Time twice: the first checks of a process, and the checks repeated in
    it with distgan's caches cleared (their own work, without one-time start-up costs). Target <= 1.2.
-3. step: the training step fed by streaming Parquet (the digits written as PNGs) vs the in-memory
-   built-in digits at the same resolution, same dcgan; timed over one pass of the pipeline (one
-   pause), in-memory before and after. Target <= 1.10.
+3. step: the digits job's training step (its `step_time`, eval and checkpoints not in it) run by
+   `distgan train` on the digits written as a Parquet file of PNGs (streaming through Ray Data) vs
+   on the in-memory built-in digits at the same resolution; one torch thread, so the Train worker
+   holds one CPU and Ray Data the other, as a real job on a 2-CPU machine lays them out. Timed over
+   at least one pass of the pipeline (one pause), in-memory before and after. Target <= 1.10.
 
-    python benchmarks/data_pipeline.py [--procs 1] [--images 3072]
+    python benchmarks/data_pipeline.py [--procs 1] [--images 3072] [--parts ingest checks step]
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from distgan import data, models, storage
-from distgan.core import engine
+from distgan import data, storage
 from distgan.data import builtin, files
 from distgan.spec.job import DataSpec, load_spec
 
@@ -188,51 +189,53 @@ def labeled_digits_parquet(path: Path, rows: int) -> None:
 # ------------------------------------------------------------------ 3. step
 
 
-def step_time(spec, stream, steps: int, warmup: int) -> float:
-    torch.manual_seed(0)
-    info = data.inspect(load_spec(REPO / "jobs" / "digits.yaml").data)
-    G, D = models.build(spec.model, info.sample_shape)
-    eng = engine.Engine(G, D, spec.loss, spec.optim, spec.model.latent_dim, torch.device("cpu"))
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        x, _ = next(stream)
-        eng.step([data.to_unit_range(x)])
-    return (time.perf_counter() - t0) / steps
+def job_step_time(overrides: list[str], storage_path: Path, name: str, warmup: int, timed: int) -> float:
+    """The mean `step_time` of a `distgan train` run of the digits job over `timed` steps after
+    `warmup` (whole eval intervals of `warmup` steps; eval and checkpoint time are not in it)."""
+    from distgan.commands import train
+
+    spec = load_spec(
+        REPO / "jobs" / "digits.yaml",
+        [
+            *overrides,
+            "scaling.cpus_per_worker=1",  # one torch thread: the Train worker holds one CPU, Ray Data the other
+            "metrics.feature_net=digits",  # the same evals on both (their time is not in step_time)
+            f"train.steps={warmup + timed}",
+            f"train.eval_every={warmup}",
+            f"train.checkpoint_every={warmup + timed}",
+            f"train.storage_path={storage_path}",
+            f"train.name={name}",
+        ],
+    )
+    res = train.train(spec, echo=lambda line: None).to_json()
+    assert res["status"] == "finished", res
+    rows = [json.loads(x) for x in (Path(res["run_dir"]) / "distgan" / "metrics.jsonl").read_text().splitlines()]
+    intervals = [r["step_time"] for r in rows if "step_time" in r and r["step"] > warmup]
+    assert len(intervals) == timed // warmup, intervals
+    return sum(intervals) / len(intervals)
 
 
 def streaming_vs_memory(tmp: Path, warmup: int) -> tuple[float, float, int]:
-    import ray
-
-    from distgan.runtime import ray_data
-
-    spec = load_spec(REPO / "jobs" / "digits.yaml", ["train.batch_size=128"])
-    memory = data.batches(spec.data, data.inspect(spec.data), spec.train.batch_size, 0, 1, 0)
+    """(streaming s/step, in-memory s/step, timed steps): the digits job run by `distgan train` on the
+    built-in digits (before and after: drift cancels) and on the same digits as a Parquet file of
+    PNGs, timed over at least one pass of the pipeline (one pause)."""
     path = tmp / "digits.parquet"
     labeled_digits_parquet(path, 1797)
     user = DataSpec(name="parquet", path=str(path), column="image", label_column="label")
-    info = data.inspect(user)
-    assert tuple(info.sample_shape) == (1, 8, 8)
-    steps = math.ceil(_pass_rows(user, info) / spec.train.batch_size)  # one pass: one pause
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        ds = ray_data.datasets(user, info)["train"]
-        streaming = iter(data.ShardStream(ds.streaming_split(1)[0], spec.train.batch_size, seed=0, info=info))
-        torch.set_num_threads(1)
-        a = step_time(spec, memory, steps, warmup)
-        b = step_time(spec, streaming, steps, warmup)
-        c = step_time(spec, memory, steps, warmup)  # before and after: drift cancels
-        streaming.close()
-        time.sleep(1)
-    finally:
-        ray.shutdown()
-    return b, (a + c) / 2, steps
+    batch = load_spec(REPO / "jobs" / "digits.yaml").train.batch_size
+    timed = math.ceil(_pass_rows(user, data.inspect(user)) / batch / warmup) * warmup
+    parquet = ["data.name=parquet", f"data.path={path}", "data.column=image", "data.label_column=label"]
+    before = job_step_time([], tmp / "runs", "memory-before", warmup, timed)
+    streaming = job_step_time(parquet, tmp / "runs", "streaming", warmup, timed)
+    after = job_step_time([], tmp / "runs", "memory-after", warmup, timed)
+    return streaming, (before + after) / 2, timed
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--procs", type=int, default=1, help="DataLoader workers = Ray Data CPUs")
     p.add_argument("--images", type=int, default=3072)
+    p.add_argument("--parts", nargs="+", choices=("ingest", "checks", "step"), default=["ingest", "checks", "step"])
     args = p.parse_args()
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
     with tempfile.TemporaryDirectory() as d:
@@ -242,25 +245,28 @@ def main() -> None:
         table = pa.table({"image": photo_like(args.images, 96)})
         pq.write_table(table, photos, row_group_size=files.UNIT_ROWS)
         pq.write_table(table, one_group := tmp / "photos-one-group.parquet")  # pandas' and pyarrow's default
-        for res in (32, 64):
+        for res in (32, 64) if "ingest" in args.parts else ():
             ours, bare, decoded, one = ingest(photos, res, args.procs, 64, one_group if res == 32 else None)
             rows.append((f"ingest {res}px, {args.procs} proc: distgan / DataLoader img/s", ours, bare, ours / bare))
             rows.append((f"ingest {res}px: decoded once (search) / streaming img/s", decoded, ours, decoded / ours))
             if one is not None:
                 name = f"ingest {res}px: one row group / {files.UNIT_ROWS}-row groups img/s"
                 rows.append((name, one, ours, one / ours))
-        small, large = tmp / "10k.parquet", tmp / "100k.parquet"
-        labeled_digits_parquet(small, 10_000)
-        labeled_digits_parquet(large, 100_000)
-        runs = [(checks(small), checks(large)) for _ in range(11)]  # alternating; medians of eleven processes
-        first_s, again_s, rss_s = np.median([r[0] for r in runs], axis=0)  # 10k rows
-        first_l, again_l, rss_l = np.median([r[1] for r in runs], axis=0)  # 100k rows
-        rows.append(("driver checks time s, repeated: 100k / 10k rows", again_l, again_s, again_l / again_s))
-        rows.append(("driver checks time s, first in a process: 100k / 10k rows", first_l, first_s, first_l / first_s))
-        rows.append(("driver checks max RSS KiB: 100k / 10k rows", rss_l, rss_s, rss_l / rss_s))
-        stream_s, memory_s, steps = streaming_vs_memory(tmp, 30)
-        name = f"digits dcgan step s ({steps} steps): streaming / in-memory"
-        rows.append((name, stream_s, memory_s, stream_s / memory_s))
+        if "checks" in args.parts:
+            small, large = tmp / "10k.parquet", tmp / "100k.parquet"
+            labeled_digits_parquet(small, 10_000)
+            labeled_digits_parquet(large, 100_000)
+            runs = [(checks(small), checks(large)) for _ in range(11)]  # alternating; medians of eleven processes
+            first_s, again_s, rss_s = np.median([r[0] for r in runs], axis=0)  # 10k rows
+            first_l, again_l, rss_l = np.median([r[1] for r in runs], axis=0)  # 100k rows
+            rows.append(("driver checks time s, repeated: 100k / 10k rows", again_l, again_s, again_l / again_s))
+            name = "driver checks time s, first in a process: 100k / 10k rows"
+            rows.append((name, first_l, first_s, first_l / first_s))
+            rows.append(("driver checks max RSS KiB: 100k / 10k rows", rss_l, rss_s, rss_l / rss_s))
+        if "step" in args.parts:
+            stream_s, memory_s, steps = streaming_vs_memory(tmp, 250)
+            name = f"digits job step s ({steps} steps, distgan train): streaming / in-memory"
+            rows.append((name, stream_s, memory_s, stream_s / memory_s))
     width = max(len(r[0]) for r in rows)
     for name, a, b, ratio in rows:
         print(f"{name:{width}}  {a:12.4g}  {b:12.4g}  ratio {ratio:.3f}")

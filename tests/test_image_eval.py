@@ -169,8 +169,11 @@ def test_eval_of_a_run_directory_skips_a_corrupt_newest_checkpoint_as_a_resume_d
     assert of_run.metrics == evaluate(str(older), n=200, device="cpu").metrics
     # with no checkpoint left that verifies: exit-2 input error naming the run directory
     (older / "state.pt").write_bytes(b"")
-    with pytest.raises(InputError, match=r"run: no usable checkpoint .*checkpoint_0000004.*checkpoint_0000002"):
+    with pytest.raises(
+        InputError, match=r"no checkpoint in \S+/run verifies: .*checkpoint_0000004.*checkpoint_0000002"
+    ) as e:
         evaluate(str(tmp_path / "run"), n=200, device="cpu")
+    assert "resume" not in str(e.value)  # the words of an eval, not of a training resume
 
 
 def test_final_eval_ranks_on_the_eval_sample_size_and_reports_the_large_sample_apart():

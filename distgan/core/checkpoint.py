@@ -106,7 +106,7 @@ def read_newest_good(newest: str, warn=print, doing: str = "resuming from") -> d
         if bad:
             warn(f"warning: checkpoint {'; '.join(bad)} is unusable; {doing} {candidate} (step {state['step']})")
         return state
-    raise RuntimeError(f"no usable checkpoint to resume from: {'; '.join(bad)}")
+    raise RuntimeError(f"no checkpoint in {parent} verifies: {'; '.join(bad)}")
 
 
 def read_any(path: Path) -> dict:
@@ -122,7 +122,7 @@ def read_any(path: Path) -> dict:
         try:
             return read_newest_good(newest, lambda message: print(message, file=sys.stderr), doing="evaluating")
         except RuntimeError as e:
-            raise InputError(f"{path}: {e}") from None
+            raise InputError(str(e)) from None
     return read(path)
 
 

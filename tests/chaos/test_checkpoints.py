@@ -80,7 +80,7 @@ def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     for state in run_dir.glob("checkpoint_*/state.pt"):
         _truncate(state)
     with pytest.raises(
-        RuntimeError, match="no usable checkpoint to resume from: .*checkpoint_0000020.*checkpoint_0000010"
+        RuntimeError, match=r"no checkpoint in \S+/run verifies: .*checkpoint_0000020.*checkpoint_0000010"
     ):
         _run(run_dir, 30)
 
