@@ -12,11 +12,12 @@
    (`data.inspect`, the unit list, the fingerprint) on 100k rows vs 10k rows, in eleven alternating
    fresh processes (medians). Time twice: the first checks of a process, and the checks repeated in
    it with distgan's caches cleared (their own work, without one-time start-up costs). Target <= 1.2.
-3. step: the digits job's training step (its `step_time`, eval and checkpoints not in it) run by
-   `distgan train` on the digits written as a Parquet file of PNGs (streaming through Ray Data) vs
-   on the in-memory built-in digits at the same resolution; one torch thread, so the Train worker
-   holds one CPU and Ray Data the other, as a real job on a 2-CPU machine lays them out. Timed over
-   at least one pass of the pipeline (one pause), in-memory before and after. Target <= 1.10.
+3. step: the digits job's training step (its `step_time` after two warm-up eval intervals, as
+   `ray_overhead.py` times it: eval and checkpoints not in it) run by `distgan train` on the digits
+   written as a Parquet file of PNGs (streaming through Ray Data) vs on the in-memory built-in
+   digits at the same resolution; one torch thread, so the Train worker holds one CPU and Ray Data
+   the other, as a real job on a 2-CPU machine lays them out. Timed over at least one pass of the
+   pipeline (one pause), in-memory before and after. Target <= 1.10.
 
     python benchmarks/data_pipeline.py [--procs 1] [--images 3072] [--parts ingest checks step]
 """
@@ -189,46 +190,28 @@ def labeled_digits_parquet(path: Path, rows: int) -> None:
 # ------------------------------------------------------------------ 3. step
 
 
-def job_step_time(overrides: list[str], storage_path: Path, name: str, warmup: int, timed: int) -> float:
-    """The mean `step_time` of a `distgan train` run of the digits job over `timed` steps after
-    `warmup` (whole eval intervals of `warmup` steps; eval and checkpoint time are not in it)."""
-    from distgan.commands import train
-
-    spec = load_spec(
-        REPO / "jobs" / "digits.yaml",
-        [
-            *overrides,
-            "scaling.cpus_per_worker=1",  # one torch thread: the Train worker holds one CPU, Ray Data the other
-            "metrics.feature_net=digits",  # the same evals on both (their time is not in step_time)
-            f"train.steps={warmup + timed}",
-            f"train.eval_every={warmup}",
-            f"train.checkpoint_every={warmup + timed}",
-            f"train.storage_path={storage_path}",
-            f"train.name={name}",
-        ],
-    )
-    res = train.train(spec, echo=lambda line: None).to_json()
-    assert res["status"] == "finished", res
-    rows = [json.loads(x) for x in (Path(res["run_dir"]) / "distgan" / "metrics.jsonl").read_text().splitlines()]
-    intervals = [r["step_time"] for r in rows if "step_time" in r and r["step"] > warmup]
-    assert len(intervals) == timed // warmup, intervals
-    return sum(intervals) / len(intervals)
-
-
 def streaming_vs_memory(tmp: Path, warmup: int) -> tuple[float, float, int]:
-    """(streaming s/step, in-memory s/step, timed steps): the digits job run by `distgan train` on the
-    built-in digits (before and after: drift cancels) and on the same digits as a Parquet file of
-    PNGs, timed over at least one pass of the pipeline (one pause)."""
+    """(streaming s/step, in-memory s/step, timed steps): the digits job's `step_time` in `distgan
+    train` runs (`ray_overhead.ray_step_time`: after two warm-up eval intervals, eval and checkpoints
+    not in it) on the built-in digits (before and after: drift cancels) and on the same digits as a
+    Parquet file of PNGs, timed over at least one pass of the pipeline (one pause)."""
+    from ray_overhead import ray_step_time  # this script's folder is on sys.path when it runs
+
     path = tmp / "digits.parquet"
     labeled_digits_parquet(path, 1797)
-    user = DataSpec(name="parquet", path=str(path), column="image", label_column="label")
-    batch = load_spec(REPO / "jobs" / "digits.yaml").train.batch_size
-    timed = math.ceil(_pass_rows(user, data.inspect(user)) / batch / warmup) * warmup
+    common = [
+        "scaling.cpus_per_worker=1",  # one torch thread: the Train worker holds one CPU, Ray Data the other
+        "metrics.feature_net=digits",  # the same evals on both (their time is not in step_time)
+    ]
+    memory = load_spec(REPO / "jobs" / "digits.yaml", common)
     parquet = ["data.name=parquet", f"data.path={path}", "data.column=image", "data.label_column=label"]
-    before = job_step_time([], tmp / "runs", "memory-before", warmup, timed)
-    streaming = job_step_time(parquet, tmp / "runs", "streaming", warmup, timed)
-    after = job_step_time([], tmp / "runs", "memory-after", warmup, timed)
-    return streaming, (before + after) / 2, timed
+    streaming = load_spec(REPO / "jobs" / "digits.yaml", [*common, *parquet])
+    pass_steps = _pass_rows(streaming.data, data.inspect(streaming.data)) / memory.train.batch_size
+    timed = math.ceil(pass_steps / warmup) * warmup
+    before = ray_step_time(memory, timed, warmup, str(tmp / "memory-before"))
+    streamed = ray_step_time(streaming, timed, warmup, str(tmp / "streaming"))
+    after = ray_step_time(memory, timed, warmup, str(tmp / "memory-after"))
+    return streamed, (before + after) / 2, timed
 
 
 def main() -> None:
@@ -241,17 +224,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         rows = []
-        photos = tmp / "photos.parquet"
-        table = pa.table({"image": photo_like(args.images, 96)})
-        pq.write_table(table, photos, row_group_size=files.UNIT_ROWS)
-        pq.write_table(table, one_group := tmp / "photos-one-group.parquet")  # pandas' and pyarrow's default
-        for res in (32, 64) if "ingest" in args.parts else ():
-            ours, bare, decoded, one = ingest(photos, res, args.procs, 64, one_group if res == 32 else None)
-            rows.append((f"ingest {res}px, {args.procs} proc: distgan / DataLoader img/s", ours, bare, ours / bare))
-            rows.append((f"ingest {res}px: decoded once (search) / streaming img/s", decoded, ours, decoded / ours))
-            if one is not None:
-                name = f"ingest {res}px: one row group / {files.UNIT_ROWS}-row groups img/s"
-                rows.append((name, one, ours, one / ours))
+        if "ingest" in args.parts:
+            photos = tmp / "photos.parquet"
+            table = pa.table({"image": photo_like(args.images, 96)})
+            pq.write_table(table, photos, row_group_size=files.UNIT_ROWS)
+            pq.write_table(table, one_group := tmp / "photos-one-group.parquet")  # pandas' and pyarrow's default
+            for res in (32, 64):
+                ours, bare, decoded, one = ingest(photos, res, args.procs, 64, one_group if res == 32 else None)
+                name = f"ingest {res}px, {args.procs} proc: distgan / DataLoader img/s"
+                rows.append((name, ours, bare, ours / bare))
+                name = f"ingest {res}px: decoded once (search) / streaming img/s"
+                rows.append((name, decoded, ours, decoded / ours))
+                if one is not None:
+                    name = f"ingest {res}px: one row group / {files.UNIT_ROWS}-row groups img/s"
+                    rows.append((name, one, ours, one / ours))
         if "checks" in args.parts:
             small, large = tmp / "10k.parquet", tmp / "100k.parquet"
             labeled_digits_parquet(small, 10_000)
