@@ -302,6 +302,47 @@ def test_class_sorted_parquet_gives_mixed_batches_every_pass_in_a_new_order(tmp_
     assert first != second
 
 
+def test_a_worker_counts_every_skipped_row_of_a_pass_and_trains_on_good_rows_only(tmp_path, monkeypatch):
+    """data.on_bad_image=skip through the real pipeline: of 8 units, 7 are all bad, so a read task
+    of 4 units keeps no row and sends a blank count_only row. The worker's stream counts the rows
+    every task skipped, exactly (a count on the short last batch too), and yields only full batches
+    of good rows. The stream is cut after one pass: the next pass finds no rows, and says so."""
+    import ray
+
+    from distgan.runtime import ray_data
+
+    monkeypatch.setattr(ray_data, "PASS_UNITS", 8)  # one pass: each unit once, two tasks of four
+    n, batch = files.UNIT_ROWS, 32
+    images = _numbered_images(range(1, n + 1)) + [b"not an image"] * (7 * n)  # ids 1..128: none is blank
+    path = tmp_path / "mostly-bad.parquet"
+    pq.write_table(pa.table({"image": images}), path, row_group_size=n)
+    spec = DataSpec(name="parquet", path=str(path), column="image", on_bad_image="skip")
+    info = data.inspect(spec)
+    assert ray_data.pass_repeats(len(files.units(spec))) == 1
+
+    class OnePass:  # the worker's real shard for one pass, then nothing
+        def __init__(self, shard):
+            self.shard, self.passes = shard, 0
+
+        def iter_torch_batches(self, **kwargs):
+            self.passes += 1
+            return self.shard.iter_torch_batches(**kwargs) if self.passes == 1 else iter(())
+
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    try:
+        stream = data.ShardStream(OnePass(ray_data.datasets(spec, info)["train"].streaming_split(1)[0]), batch, 0, info)
+        batches, it = [], iter(stream)
+        with pytest.raises(RuntimeError, match=rf"fewer than {batch} usable rows \({7 * n} bad rows skipped\)"):
+            while True:
+                batches.append(next(it))
+    finally:
+        ray.shutdown()
+    assert stream.skipped == 7 * n
+    ids = [i for x, _ in batches for i in _row_ids(x)]
+    assert all(len(x) == batch for x, _ in batches) and len(batches) in (3, 4)  # one may hold the blank row
+    assert len(set(ids)) == len(ids) and set(ids) <= set(range(1, n + 1))
+
+
 def test_the_decoded_copy_is_one_epoch_per_pass_in_a_new_order(tmp_path):
     """`distgan search` decodes the data once (materialize): its passes are not repeated (there is no
     decoding to wait for, and Ray Data's readers refuse one block twice at once). Two passes read
@@ -339,9 +380,10 @@ def test_a_map_task_reads_a_few_units_unless_their_rows_are_large():
     assert per_task("image", (3, 256, 256)) == per_task("vector", (100_000,)) == 1
 
 
-def test_rows_skipped_in_a_map_task_are_all_counted_even_a_unit_with_no_good_row(tmp_path):
+def test_rows_skipped_in_a_map_task_are_all_counted_even_a_task_with_no_good_row(tmp_path):
     """data.on_bad_image=skip: the count of dropped rows rides on the task's first row. A unit
-    whose every row is bad has no row of its own to carry its count; it is counted all the same."""
+    whose every row is bad has no row of its own to carry its count; it is counted all the same. A
+    task with no good row at all sends one blank row marked count_only, to carry the count."""
     from distgan.runtime import ray_data
 
     n = files.UNIT_ROWS
@@ -361,6 +403,12 @@ def test_rows_skipped_in_a_map_task_are_all_counted_even_a_unit_with_no_good_row
     assert len(out["x"]) == len(out["skipped"]) == 4 * n - len(bad)
     assert out["skipped"].sum() == len(bad) and out["skipped"][1:].sum() == 0
     assert sorted(_row_ids(torch.from_numpy(out["x"]))) == sorted(set(range(4 * n)) - set(bad))
+    assert not out["count_only"].any()
+
+    all_bad = pa.Table.from_pylist(files.units(spec)[1:2])
+    out = ray_data._read_units(all_bad, spec, files.decoder(spec, layout), None, storage.resolve(str(path))[0])
+    assert out["count_only"].tolist() == [True] and out["skipped"].tolist() == [n]
+    assert out["x"].shape == (1, 1, 8, 8) and not out["x"].any()  # blank: never trained on (ShardStream drops it)
 
 
 def test_a_long_row_group_is_read_once_for_all_its_slices(tmp_path, monkeypatch):

@@ -141,6 +141,45 @@ def test_the_prefetcher_yields_the_same_batches_on_the_gpu():
         assert torch.equal(a.cpu(), b.float() / 127.5 - 1) and torch.equal(y.cpu(), labels)
 
 
+def test_user_data_reaches_a_gpu_train_worker_on_the_host_pinned(tmp_path):
+    """Ray's iter_torch_batches would copy a Train worker's batches to its GPU itself ("auto"), on
+    the default stream, where counting the skipped rows makes the host wait for the step before.
+    The shard's batches stay on the host, pinned by Ray's prefetch threads; the loop's Prefetcher
+    copies them one step ahead."""
+    import os
+
+    import numpy as np
+    import ray
+    import ray.train
+    from conftest import write_image_parquet
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from distgan.runtime import ray_data
+    from distgan.spec.job import DataSpec
+
+    path = write_image_parquet(tmp_path / "x.parquet", [np.full((8, 8), i, np.uint8) for i in range(64)])
+    spec = DataSpec(name="parquet", path=str(path), column="image")
+    info = data.inspect(spec)
+    seen = tmp_path / "seen"
+
+    def worker():
+        x, _ = next(iter(data.ShardStream(ray.train.get_dataset_shard("train"), 16, 0, info)))
+        seen.write_text(f"{x.device.type} {x.is_pinned()}")  # one machine: the worker writes, the test reads
+
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    try:
+        TorchTrainer(
+            worker,
+            datasets=ray_data.datasets(spec, info),
+            scaling_config=ScalingConfig(num_workers=1, use_gpu=True),
+            run_config=RunConfig(storage_path=str(tmp_path / "runs")),
+        ).fit()
+    finally:
+        ray.shutdown()
+    assert seen.read_text() == "cpu True"
+
+
 def test_benchmark_runs_on_the_gpu():
     import importlib.util
 

@@ -94,7 +94,9 @@ class ShardStream:
     Shuffled twice over: Ray Data visits the data's units in a new order every pass
     (runtime/ray_data.py), and here a local buffer of thousands of rows, drawn from dozens of
     units, mixes them again with a seed of its own per pass and per resume. `skipped` counts the
-    bad rows the readers dropped (data.on_bad_image=skip)."""
+    bad rows the readers dropped (data.on_bad_image=skip), exactly: also those counted on the short
+    last batch of a pass, and those of a read task that kept no row (its blank `count_only` row is
+    counted, and the batch it lands in is not trained on)."""
 
     MIN_BUFFER_BATCHES = 16
     BUFFER_UNITS = 32  # units whose rows the buffer holds, when they fit in BUFFER_BYTES
@@ -116,14 +118,21 @@ class ShardStream:
             try:
                 for batch in self.shard.iter_torch_batches(
                     batch_size=self.batch_size,
-                    drop_last=True,
+                    drop_last=False,  # the short last batch of a pass is counted (below), then dropped
                     local_shuffle_buffer_size=self.buffer_rows,
                     local_shuffle_seed=self.seed + pass_,
                     prefetch_batches=4,
+                    # On the host, pinned (by Ray's prefetch threads) where there is a GPU: Ray's "auto"
+                    # would copy to a Train worker's GPU on the default stream, and counting `skipped`
+                    # there would make the host wait for the step before; the loop's Prefetcher copies.
+                    device="cpu",
+                    pin_memory=torch.cuda.is_available(),
                 ):
-                    yielded = True
                     if "skipped" in batch:
                         self.skipped += int(batch["skipped"].sum())
+                    if len(batch["x"]) < self.batch_size or ("count_only" in batch and batch["count_only"].any()):
+                        continue  # not trained on; its rows are met again next pass
+                    yielded = True
                     last = batch["x"], batch.get("y")
                     yield last
             except Exception as e:
@@ -137,7 +146,8 @@ class ShardStream:
                 while True:
                     yield last or self._blank()
             if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
-                raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size} rows")
+                bad = f" usable rows ({self.skipped} bad rows skipped)" if self.skipped else " rows"
+                raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size}{bad}")
             pass_ += 1
 
     def _blank(self) -> Batch:

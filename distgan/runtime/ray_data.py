@@ -86,14 +86,19 @@ def _read_units(batch, spec: DataSpec, decoder: files.Decoder, num_classes: int 
     from a fresh generator, so every visit of a unit sees new ones.
 
     The rows dropped as bad (data.on_bad_image=skip) are counted on the task's first row, a column
-    the worker sums (`data.ShardStream`): the count survives the shuffles, and a unit whose every
-    row was bad still counts when another unit of the task kept a row."""
+    the worker sums (`data.ShardStream`): the count survives the shuffles. A task none of whose rows
+    could be used has no row to carry its count; it sends one blank row marked `count_only`, which
+    the worker counts and never trains on."""
     rng = np.random.default_rng()
     parts = [files.read_unit(spec, decoder, num_classes, unit, fs, rng) for unit in batch.to_pylist()]
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "skipped"}
+    skipped = sum(p["skipped"] for p in parts)
+    count_only = not len(out["x"])
+    if count_only:
+        out = {k: np.zeros((1, *v.shape[1:]), v.dtype) for k, v in out.items()}
     out["skipped"] = np.zeros(len(out["x"]), np.int64)
-    if len(out["x"]):
-        out["skipped"][0] = sum(p["skipped"] for p in parts)
+    out["skipped"][:1] = skipped
+    out["count_only"] = np.full(len(out["x"]), count_only)
     return out
 
 
