@@ -93,7 +93,7 @@ def _read_units(batch, spec: DataSpec, decoder: files.Decoder, num_classes: int 
     parts = [files.read_unit(spec, decoder, num_classes, unit, fs, rng) for unit in batch.to_pylist()]
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "skipped"}
     skipped = sum(p["skipped"] for p in parts)
-    count_only = not len(out["x"])
+    count_only = not len(out["x"]) and skipped > 0
     if count_only:
         out = {k: np.zeros((1, *v.shape[1:]), v.dtype) for k, v in out.items()}
     out["skipped"] = np.zeros(len(out["x"]), np.int64)
