@@ -305,8 +305,8 @@ def test_class_sorted_parquet_gives_mixed_batches_every_pass_in_a_new_order(tmp_
 def test_a_worker_counts_every_skipped_row_of_a_pass_and_trains_on_good_rows_only(tmp_path, monkeypatch):
     """data.on_bad_image=skip through the real pipeline: of 8 units, 7 are all bad, so a read task
     of 4 units keeps no row and sends a blank count_only row. The worker's stream counts the rows
-    every task skipped, exactly (a count on the short last batch too), and yields only full batches
-    of good rows. The stream is cut after one pass: the next pass finds no rows, and says so."""
+    every task skipped, exactly, and yields only full batches of good rows. The stream is cut after
+    one pass: the next pass finds no rows, and says so."""
     import ray
 
     from distgan.runtime import ray_data
@@ -341,6 +341,32 @@ def test_a_worker_counts_every_skipped_row_of_a_pass_and_trains_on_good_rows_onl
     ids = [i for x, _ in batches for i in _row_ids(x)]
     assert all(len(x) == batch for x, _ in batches) and len(batches) in (3, 4)  # one may hold the blank row
     assert len(set(ids)) == len(ids) and set(ids) <= set(range(1, n + 1))
+
+
+def test_the_skips_counted_on_the_short_last_batch_of_a_pass_are_counted(tmp_path, monkeypatch):
+    """Every row the worker gets carries a count here (one unit a task, one good row a unit), and 8
+    rows in batches of 3 leave a short last batch of 2: it is not trained on, but its count is."""
+    import ray
+
+    from distgan.runtime import ray_data
+
+    monkeypatch.setattr(ray_data, "PASS_UNITS", 8)  # one pass: each unit once
+    monkeypatch.setattr(ray_data, "TASK_UNITS", 1)
+    n, units = files.UNIT_ROWS, 8
+    images = [blob for i in range(units) for blob in _numbered_images([i + 1]) + [b"not an image"] * (n - 1)]
+    path = tmp_path / "one-good-row-a-unit.parquet"
+    pq.write_table(pa.table({"image": images}), path, row_group_size=n)
+    spec = DataSpec(name="parquet", path=str(path), column="image", on_bad_image="skip")
+    info = data.inspect(spec)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    try:
+        stream = data.ShardStream(ray_data.datasets(spec, info)["train"].streaming_split(1)[0], 3, 0, info)
+        it = iter(stream)
+        batches = [next(it)[0] for _ in range(3)]  # the first pass's two full batches, then the second's first
+    finally:
+        ray.shutdown()
+    assert [len(x) for x in batches] == [3, 3, 3]
+    assert stream.skipped == (units + 3) * (n - 1)  # the first pass's 8 rows' counts (the short batch's 2 too), then 3
 
 
 def test_the_decoded_copy_is_one_epoch_per_pass_in_a_new_order(tmp_path):

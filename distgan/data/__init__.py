@@ -146,8 +146,8 @@ class ShardStream:
                 while True:
                     yield last or self._blank()
             if not yielded:  # guarded on the driver too; never spin forever on a tiny shard
-                bad = f" usable rows ({self.skipped} bad rows skipped)" if self.skipped else " rows"
-                raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size}{bad}")
+                rows = f"usable rows ({self.skipped} bad rows skipped)" if self.skipped else "rows"
+                raise RuntimeError(f"this worker's data shard has fewer than {self.batch_size} {rows}")
             pass_ += 1
 
     def _blank(self) -> Batch:
