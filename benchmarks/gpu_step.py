@@ -6,16 +6,21 @@ For each arch (dcgan, resnet) at 64 px (3 channels) and each batch size, in one 
       GPU has it natively (else fp16 + GradScaler), channels_last, fused Adam: what the hardware gives;
   (b) engine: `distgan.core.engine.Engine` with what `distgan train` picks (`loop.choose_precision`,
       channels_last, fused Adam, cudnn.benchmark) on the same real batch;
+  (b') engine fed: the same Engine fed as `loop.run` feeds it: `data.batches` of stacked_digits at this
+      size (the images kept and drawn on the device) through `loop.Prefetcher`;
   (c) ray: `distgan train` through Ray Train with 1 GPU worker (then 2 and N with more GPUs), tracking
-      off, on a Parquet file of random PNGs written here; img/s is the median of metrics.jsonl's
-      `img_per_s` after the first eval interval (warm-up: cudnn autotuning, Ray Data start).
+      off, on stacked_digits at this size: the same step, its input on the GPU, so (c) measures the step
+      and not an input pipeline; img/s is the median of metrics.jsonl's `img_per_s` after the first eval
+      interval (warm-up: cudnn autotuning);
+  (c') ray on user data: the same run (1 worker, the largest batch) on a Parquet file of random PNGs
+      written here, which Ray Data decodes on the machine's CPUs: on a fast GPU, what that costs.
 
 It prints img/s, the ratios b/a and c/a, peak GPU memory (torch.cuda.max_memory_allocated) and the card.
 On a GPU machine with distgan installed (where Ray is missing, put its packages on PYTHONPATH first):
 
     python benchmarks/gpu_step.py --device cuda --batch 256 1024 --steps 50
 
-CPU smoke test (seconds; `--skip-ray` leaves out (c)):
+CPU smoke test (seconds; `--skip-ray` leaves out (c) and (c')):
 
     python benchmarks/gpu_step.py --device cpu --size 32 --batch 64 --steps 5 [--skip-ray]
 """
@@ -38,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distgan import models
+from distgan import data, models
 from distgan.core import engine, loop
 from distgan.spec.job import JobSpec
 
@@ -47,7 +52,10 @@ ARCHS = ("dcgan", "resnet")
 
 def _spec(arch: str, args: argparse.Namespace) -> JobSpec:
     return JobSpec.model_validate(
-        {"data": {"name": "digits"}, "model": {"arch": arch, "base_channels": args.base_channels}}
+        {
+            "data": {"name": "stacked_digits", "resolution": args.size},
+            "model": {"arch": arch, "base_channels": args.base_channels},
+        }
     )
 
 
@@ -113,6 +121,18 @@ class EngineStep:
         self.eng.step([real])
 
 
+class EngineFed(EngineStep):
+    """The Engine fed as `loop.run` feeds it: the data's batches, through the loop's Prefetcher."""
+
+    def __init__(self, spec: JobSpec, args: argparse.Namespace, device: torch.device, batch: int):
+        super().__init__(spec, args, device)
+        stream = data.batches(spec.data, data.inspect(spec.data), batch, 0, 1, 0, device=device)
+        self.batches = loop.Prefetcher(stream, device, loop.use_channels_last(spec.model.arch, device), labels=False)
+
+    def step(self, real: torch.Tensor) -> None:
+        self.eng.step([next(self.batches)[0]])
+
+
 def time_steps(runner, real: torch.Tensor, args: argparse.Namespace, device: torch.device) -> float:
     """img/s over `args.steps` steps after `args.warmup` (the median of `args.reps` repetitions)."""
     for _ in range(args.warmup):
@@ -134,11 +154,12 @@ def in_process(arch: str, batch: int, args: argparse.Namespace, device: torch.de
     if loop.use_channels_last(arch, device):
         real = real.contiguous(memory_format=torch.channels_last)
     out = {}
-    for name, cls in (("bare", Bare), ("engine", EngineStep)):
+    runners = {"bare": Bare, "engine": EngineStep, "fed": lambda *a: EngineFed(*a, batch=batch)}
+    for name, make in runners.items():
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        runner = cls(spec, args, device)
+        runner = make(spec, args, device)
         out[name] = time_steps(runner, real, args, device)
         out[f"{name}_precision"] = runner.precision
         if device.type == "cuda":
@@ -163,14 +184,20 @@ def write_images(path: Path, n: int, size: int) -> Path:
     return path
 
 
-def through_ray(arch: str, batch: int, workers: int, data: Path, args: argparse.Namespace, tmp: Path) -> float | None:
-    """img/s of `distgan train` (Ray Train, `workers` workers, one GPU each on CUDA), from metrics.jsonl."""
-    name = f"{arch}-b{batch}-w{workers}"
+def through_ray(
+    arch: str, batch: int, workers: int, pngs: Path | None, args: argparse.Namespace, tmp: Path
+) -> float | None:
+    """img/s of `distgan train` (Ray Train, `workers` workers, one GPU each on CUDA), from metrics.jsonl:
+    on stacked_digits at `args.size`, or on the Parquet file `pngs`."""
+    name = f"{arch}-b{batch}-w{workers}" + ("-png" if pngs else "")
     interval = max(args.ray_steps // 4, 1)
+    source = ["data.name=stacked_digits", f"data.resolution={args.size}"]
+    if pngs:
+        source = ["data.name=parquet", f"data.path={pngs}", "data.column=image"]
     cmd = [
         sys.executable, "-m", "distgan", "-q", "train", "--no-tracking", "--workers", str(workers),
         *(["--gpu"] if args.device == "cuda" else []),
-        "--set", "data.name=parquet", "--set", f"data.path={data}", "--set", "data.column=image",
+        *(a for kv in source for a in ("--set", kv)),
         "--set", f"model.arch={arch}", "--set", f"model.base_channels={args.base_channels}",
         "--set", f"train.batch_size={batch * workers}", "--set", f"train.steps={interval * 4}",
         "--set", f"train.eval_every={interval}", "--set", f"train.checkpoint_every={interval * 4}",
@@ -193,13 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--base-channels", type=int, default=64)
-    p.add_argument("--steps", type=int, default=50, help="timed steps per repetition (a), (b)")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per repetition (a), (b), (b')")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--ray-steps", type=int, default=200, help="steps of each `distgan train` run (c)")
+    p.add_argument("--ray-steps", type=int, default=200, help="steps of each `distgan train` run (c), (c')")
     p.add_argument("--ray-timeout", type=int, default=300)
-    p.add_argument("--images", type=int, default=8192, help="random PNGs in the Parquet file of (c)")
-    p.add_argument("--skip-ray", action="store_true", help="only (a) and (b)")
+    p.add_argument("--images", type=int, default=8192, help="random PNGs in the Parquet file of (c')")
+    p.add_argument("--skip-ray", action="store_true", help="only (a), (b) and (b')")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -213,24 +240,31 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"device": card, "torch": torch.__version__, "rows": []}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        data = None if args.skip_ray else write_images(tmp / "images.parquet", args.images, args.size)
+        pngs = None if args.skip_ray else write_images(tmp / "images.parquet", args.images, args.size)
         for arch in args.arch:
             for batch in args.batch:
                 row = {"arch": arch, "batch": batch} | in_process(arch, batch, args, device)
+                bare = row["bare"]
                 line = (
-                    f"{arch:6s} batch {batch:5d} [{row['bare_precision']}]: (a) bare {row['bare']:10,.0f} img/s"
-                    f"  (b) engine {row['engine']:10,.0f} img/s  b/a {row['engine'] / row['bare']:.3f}"
+                    f"{arch:6s} batch {batch:5d} [{row['bare_precision']}]: (a) bare {bare:10,.0f} img/s"
+                    f"  (b) engine {row['engine']:10,.0f} img/s  b/a {row['engine'] / bare:.3f}"
+                    f"  (b') fed {row['fed']:10,.0f} img/s  b'/a {row['fed'] / bare:.3f}"
                 )
                 if "bare_mem_gib" in row:
                     line += f"  mem a {row['bare_mem_gib']:.2f} GiB, b {row['engine_mem_gib']:.2f} GiB"
                 print(line, flush=True)
-                for workers in [] if args.skip_ray else worker_counts:
-                    rate = through_ray(arch, batch, workers, data, args, tmp)
-                    row[f"ray_w{workers}"] = rate
+                runs = [] if args.skip_ray else [(w, None) for w in worker_counts]
+                if runs and batch == max(args.batch):
+                    runs.append((1, pngs))
+                for workers, source in runs:
+                    rate = through_ray(arch, batch, workers, source, args, tmp)
+                    key, c = (f"ray_w{workers}", "c") if source is None else ("ray_png", "c'")
+                    row[key] = rate
                     if rate is not None:
                         print(
-                            f"{'':6s} batch {batch:5d}/worker, {workers} worker(s): (c) ray {rate:10,.0f} img/s"
-                            f"  c/a {rate / row['bare']:.3f}"
+                            f"{'':6s} batch {batch:5d}/worker, {workers} worker(s): ({c}) ray"
+                            + (" on PNGs" if source else "")
+                            + f" {rate:10,.0f} img/s  {c}/a {rate / bare:.3f}"
                             + (f" (per GPU {rate / workers:,.0f})" if workers > 1 else ""),
                             flush=True,
                         )

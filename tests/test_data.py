@@ -73,6 +73,31 @@ def test_stacked_digits_are_three_independent_real_digits():
     assert np.array_equal(images, next(builtin.stacked_digits_batches(16, seed=7)).numpy()) and triples.shape == (16, 3)
 
 
+def test_stacked_digits_at_a_resolution_are_the_8px_stacks_resized():
+    """Each digit is resized once, not each batch: the batches hold the values a resize of each drawn
+    8 px stack gives (bilinear works plane by plane), bit for bit."""
+    spec = DataSpec(name="stacked_digits", resolution=28)
+    stream = data.batches(spec, data.inspect(spec), 64, rank=0, world=1, seed=3)
+    stacks = builtin.stacked_digits_batches(64, seed=3 * 1_000_003)  # the 8 px draws of that stream (rank 0)
+    for _ in range(3):
+        batch, _ = next(stream)
+        assert batch.shape == (64, 3, 28, 28) and torch.equal(batch, data._resized(next(stacks), 28))
+
+
+@pytest.mark.parametrize("name", ["digits", "stacked_digits"])
+def test_builtin_images_resized_once_or_per_batch_give_the_same_batches(name, monkeypatch):
+    """Large resolutions resize each batch instead of holding every digit resized (RESIZED_BYTES)."""
+    spec = DataSpec(name=name, resolution=20)
+    info = data.inspect(spec)
+    once = data.batches(spec, info, 32, rank=1, world=2, seed=4)
+    monkeypatch.setattr(data, "RESIZED_BYTES", 0)
+    per_batch = data.batches(spec, info, 32, rank=1, world=2, seed=4)
+    for _ in range(30):  # past the end of an epoch of digits' rank 1 (898 rows)
+        (a, la), (b, lb) = next(once), next(per_batch)
+        assert a.shape == (32, 3 if name == "stacked_digits" else 1, 20, 20) and torch.equal(a, b)
+        assert (la is None and lb is None) or torch.equal(la, lb)
+
+
 def test_stacked_digits_reference_is_fixed_and_labeled_by_triple():
     info = data.inspect(DataSpec(name="stacked_digits"))
     a, la = data.real_images(DataSpec(name="stacked_digits", seed=0), info, 500)

@@ -12,7 +12,7 @@ from conftest import REPO
 
 from distgan import data, models
 from distgan.core import checkpoint, engine, loop
-from distgan.spec.job import JobSpec, load_spec
+from distgan.spec.job import DataSpec, JobSpec, load_spec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -141,6 +141,21 @@ def test_the_prefetcher_yields_the_same_batches_on_the_gpu():
         assert torch.equal(a.cpu(), b.float() / 127.5 - 1) and torch.equal(y.cpu(), labels)
 
 
+def test_builtin_images_are_kept_and_drawn_on_the_gpu_as_on_the_cpu():
+    """The built-in images go to the GPU once and their batches are gathered there: the same batches
+    as on the CPU, handed on by the Prefetcher (drawn on its side stream) in NHWC order."""
+    for name in ("digits", "stacked_digits"):
+        spec = DataSpec(name=name, resolution=28)
+        info = data.inspect(spec)
+        on_cpu = data.batches(spec, info, 64, 0, 1, seed=5)
+        on_gpu = loop.Prefetcher(data.batches(spec, info, 64, 0, 1, seed=5, device=CUDA), CUDA, channels_last=True)
+        for _ in range(3):
+            (x, y), (gx, gy) = next(on_cpu), next(on_gpu)
+            assert gx.is_cuda and gx.is_contiguous(memory_format=torch.channels_last), name
+            assert torch.equal(gx.cpu(), x), name
+            assert (gy is None and y is None) or torch.equal(gy.cpu(), y), name
+
+
 def test_user_data_reaches_a_gpu_train_worker_on_the_host_pinned(tmp_path):
     """Ray's iter_torch_batches would copy a Train worker's batches to its GPU itself ("auto"), on
     the default stream, where counting the skipped rows makes the host wait for the step before.
@@ -156,7 +171,6 @@ def test_user_data_reaches_a_gpu_train_worker_on_the_host_pinned(tmp_path):
     from ray.train.torch import TorchTrainer
 
     from distgan.runtime import ray_data
-    from distgan.spec.job import DataSpec
 
     path = write_image_parquet(tmp_path / "x.parquet", [np.full((8, 8), i, np.uint8) for i in range(64)])
     spec = DataSpec(name="parquet", path=str(path), column="image")
@@ -189,4 +203,6 @@ def test_benchmark_runs_on_the_gpu():
     out = bench.main(
         ["--device", "cuda", "--batch", "64", "--steps", "3", "--warmup", "1", "--reps", "1", "--skip-ray"]
     )
-    assert all(row["bare"] > 0 and row["engine"] > 0 and row["engine_mem_gib"] > 0 for row in out["rows"])
+    assert all(
+        row["bare"] > 0 and row["engine"] > 0 and row["fed"] > 0 and row["engine_mem_gib"] > 0 for row in out["rows"]
+    )

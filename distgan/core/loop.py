@@ -159,7 +159,9 @@ def run(spec: JobSpec, info: DataInfo, session: Session, record: Recorder | None
 
     per_worker_batch = t.batch_size // world
     # Re-seed the data stream on resume; a stream's position is not worth checkpointing.
-    batches = data.batches(spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard())
+    batches = data.batches(
+        spec.data, info, per_worker_batch, rank, world, t.seed + start, session.data_shard(), device=device
+    )
     stream = Prefetcher(batches, device, channels_last, labels=spec.model.conditional)
     if record is not None:
         # Rows past the checkpoint belong to the attempt that died; this one replays those steps.
@@ -307,7 +309,8 @@ class Prefetcher:
     """The (samples, labels) batches of `stream` on `device`, uint8 images turned into floats there.
     On CUDA each batch is pinned and copied on a side stream one batch ahead (non_blocking), so the
     copy overlaps the step before it and the host never waits for it; `channels_last` puts image
-    batches in NHWC order there too. On the CPU: moved and converted in place of the copy."""
+    batches in NHWC order there too. A stream whose batches are already on the GPU (the built-in
+    images) is drawn on that side stream as well. On the CPU: moved and converted in place of the copy."""
 
     def __init__(self, stream, device: torch.device, channels_last: bool = False, labels: bool = True):
         self.stream, self.device, self.channels_last = iter(stream), device, channels_last
@@ -315,6 +318,8 @@ class Prefetcher:
         self.cuda = device.type == "cuda"
         if self.cuda:
             self.copy_stream = torch.cuda.Stream(device)
+            # what the stream's data was put on the GPU with (the default stream) is done before it is read
+            self.copy_stream.wait_stream(torch.cuda.current_stream(device))
             self._next = self._load()
 
     def _to_device(self, t: torch.Tensor | None, images: bool) -> torch.Tensor | None:
@@ -330,11 +335,11 @@ class Prefetcher:
         return t
 
     def _load(self):
-        try:
-            x, y = next(self.stream)
-        except StopIteration:
-            return None
         with torch.cuda.stream(self.copy_stream):
+            try:
+                x, y = next(self.stream)
+            except StopIteration:
+                return None
             return self._to_device(x, True), self._to_device(y if self.labels else None, False)
 
     def __iter__(self):

@@ -1,9 +1,9 @@
 """Datasets: what the data is (`inspect`, on the driver, before Ray), and batches of it (`batches`, in a worker).
 
-Built-ins live in memory of each worker (mixtures and stacked digits are drawn fresh; digits are
-sharded by rank; `data.resolution` resizes the 8 px digits). User data streams through Ray Data
-(`distgan.runtime.ray_data`, reading `files` units): Ray Train shards it across workers
-(`get_dataset_shard`), and the worker iterates its shard pass after pass here.
+Built-ins live in memory of each worker, the images on its device (mixtures and stacked digits are
+drawn fresh; digits are sharded by rank; `data.resolution` resizes the 8 px digits). User data
+streams through Ray Data (`distgan.runtime.ray_data`, reading `files` units): Ray Train shards it
+across workers (`get_dataset_shard`), and the worker iterates its shard pass after pass here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from distgan.errors import InputError
 from distgan.spec.job import DataSpec
 
 REFERENCE_SEED = 0  # the reference images of drawn image data (stacked_digits), whatever the run's seed
+RESIZED_BYTES = 256 * 2**20  # the built-in digits are resized once up to this (all 1,797: 193 px), else per batch
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,22 @@ Batch = tuple[torch.Tensor, torch.Tensor | None]  # (samples, int64 class ids or
 
 
 def batches(
-    spec: DataSpec, info: DataInfo, batch_size: int, rank: int, world: int, seed: int, shard=None
+    spec: DataSpec,
+    info: DataInfo,
+    batch_size: int,
+    rank: int,
+    world: int,
+    seed: int,
+    shard=None,
+    device: torch.device | str = "cpu",
 ) -> Iterator[Batch]:
     """Endless (samples, labels) batches for one worker (`shard`: its Ray Data shard, for user data).
     Images come as float32 in [-1, 1], or as uint8 in [0, 255] from user data (`to_unit_range` on
     the device turns them into floats: a quarter of the bytes to move).
+
+    The built-in images are kept on `device`, where their batches are gathered: on a GPU, no batch
+    crosses from the host. They are resized to data.resolution once where that takes at most
+    RESIZED_BYTES, else batch by batch there. User data and mixture points come on the host.
 
     `seed` (the run's, moved on at a resume) and the rank pick the stream; the built-in datasets'
     draws (mixture points, digits shuffling) also depend on `spec.seed`."""
@@ -77,13 +89,19 @@ def batches(
     builtin_seed = stream_seed + spec.seed * 1_000_000_007  # data.seed=0: the streams as they always were
     if info.kind == "mixture":
         return ((x, None) for x in builtin.mixture_batches(spec.name, batch_size, builtin_seed))
-    size = info.sample_shape[-1]
-    if spec.name == "digits":
-        data = _resized(torch.from_numpy(builtin.digits_array())[rank::world], size)
-        labels = torch.from_numpy(builtin.digits_labels())[rank::world]
-        return builtin.tensor_batches(data, labels, batch_size, builtin_seed)
-    if spec.name == "stacked_digits":
-        return ((_resized(x, size), None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed))
+    if spec.name in ("digits", "stacked_digits"):
+        digits, labels = torch.from_numpy(builtin.digits_array()), torch.from_numpy(builtin.digits_labels())
+        if spec.name == "digits":
+            digits, labels = digits[rank::world], labels[rank::world]
+        # Resizing before or after the draw gives the same values (bilinear works plane by plane).
+        size = info.sample_shape[-1]
+        once = digits.numel() * (size / digits.shape[-1]) ** 2 * 4 <= RESIZED_BYTES
+        digits = (_resized(digits, size) if once else digits).to(device)
+        fit = (lambda x: x) if once else (lambda x: _resized(x, size))
+        if spec.name == "digits":
+            pairs = builtin.tensor_batches(digits, labels.to(device), batch_size, builtin_seed)
+            return ((fit(x), y) for x, y in pairs)
+        return ((fit(x), None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed, digits[:, 0]))
     return ShardStream(shard, batch_size, stream_seed, info)
 
 

@@ -47,22 +47,26 @@ def tensor_batches(
     data: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (samples, labels) batches from an in-memory shard: reshuffled every epoch, last partial
-    batch dropped."""
+    batch dropped. The order is drawn on the CPU and moved to the data's device once an epoch: the
+    same batches on a GPU as on the CPU."""
     rng = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(len(data), generator=rng)
+        order = torch.randperm(len(data), generator=rng).to(data.device)
         for i in range(0, len(data) - batch_size + 1, batch_size):
             pick = order[i : i + batch_size]
             yield data[pick], labels[pick]
 
 
-def stacked_digits_batches(batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Endless [N, 3, 8, 8] batches: each channel a real digit drawn uniformly at random, independently
-    of the other two (Stacked MNIST: the 10^3 digit triples are the modes, about equally likely)."""
-    digits = torch.from_numpy(digits_array())[:, 0]  # [1797, 8, 8]
+def stacked_digits_batches(batch_size: int, seed: int, digits: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Endless [N, 3, H, W] batches: each channel a real digit drawn uniformly at random, independently
+    of the other two (Stacked MNIST: the 10^3 digit triples are the modes, about equally likely).
+
+    `digits`: the [1797, H, W] digit planes to stack, on the device the batches are wanted on (the
+    8 px digits on the CPU by default). The draws are made on the CPU: the same batches anywhere."""
+    digits = torch.from_numpy(digits_array())[:, 0] if digits is None else digits
     rng = torch.Generator().manual_seed(seed)
     while True:
-        yield digits[torch.randint(len(digits), (batch_size, 3), generator=rng)]
+        yield digits[torch.randint(len(digits), (batch_size, 3), generator=rng).to(digits.device)]
 
 
 def stacked_digits_array(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
