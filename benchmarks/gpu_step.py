@@ -15,7 +15,8 @@ For each arch (dcgan, resnet) at 64 px (3 channels) and each batch size, in one 
   (c') ray on user data: the same run (1 worker, the largest batch) on a Parquet file of random PNGs
       written here, which Ray Data decodes on the machine's CPUs: on a fast GPU, what that costs.
 
-It prints img/s, the ratios b/a and c/a, peak GPU memory (torch.cuda.max_memory_allocated) and the card.
+It prints img/s, the ratios to (a) (b/a, b'/a, c/a, c'/a), peak GPU memory (torch.cuda.max_memory_allocated)
+and the card.
 On a GPU machine with distgan installed (where Ray is missing, put its packages on PYTHONPATH first):
 
     python benchmarks/gpu_step.py --device cuda --batch 256 1024 --steps 50
