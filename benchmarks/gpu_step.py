@@ -192,9 +192,10 @@ def through_ray(
     on stacked_digits at `args.size`, or on the Parquet file `pngs`."""
     name = f"{arch}-b{batch}-w{workers}" + ("-png" if pngs else "")
     interval = max(args.ray_steps // 4, 1)
-    source = ["data.name=stacked_digits", f"data.resolution={args.size}"]
     if pngs:
         source = ["data.name=parquet", f"data.path={pngs}", "data.column=image"]
+    else:
+        source = ["data.name=stacked_digits", f"data.resolution={args.size}"]
     cmd = [
         sys.executable, "-m", "distgan", "-q", "train", "--no-tracking", "--workers", str(workers),
         *(["--gpu"] if args.device == "cuda" else []),

@@ -90,18 +90,20 @@ def batches(
     if info.kind == "mixture":
         return ((x, None) for x in builtin.mixture_batches(spec.name, batch_size, builtin_seed))
     if spec.name in ("digits", "stacked_digits"):
-        digits, labels = torch.from_numpy(builtin.digits_array()), torch.from_numpy(builtin.digits_labels())
+        size, digits = info.sample_shape[-1], torch.from_numpy(builtin.digits_array())
         if spec.name == "digits":
-            digits, labels = digits[rank::world], labels[rank::world]
-        # Resizing before or after the draw gives the same values (bilinear works plane by plane).
-        size = info.sample_shape[-1]
-        once = digits.numel() * (size / digits.shape[-1]) ** 2 * 4 <= RESIZED_BYTES
-        digits = (_resized(digits, size) if once else digits).to(device)
-        fit = (lambda x: x) if once else (lambda x: _resized(x, size))
+            digits = digits[rank::world]
+        # Resized here where that fits in RESIZED_BYTES, else batch by batch (`_resized` passes a batch
+        # already at the size through): the same values either way, since bilinear works plane by plane.
+        if len(digits) * size * size * 4 <= RESIZED_BYTES:
+            digits = _resized(digits, size)
+        digits = digits.to(device)
         if spec.name == "digits":
-            pairs = builtin.tensor_batches(digits, labels.to(device), batch_size, builtin_seed)
-            return ((fit(x), y) for x, y in pairs)
-        return ((fit(x), None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed, digits[:, 0]))
+            labels = torch.from_numpy(builtin.digits_labels())[rank::world].to(device)
+            return ((_resized(x, size), y) for x, y in builtin.tensor_batches(digits, labels, batch_size, builtin_seed))
+        return (
+            (_resized(x, size), None) for x in builtin.stacked_digits_batches(batch_size, builtin_seed, digits[:, 0])
+        )
     return ShardStream(shard, batch_size, stream_seed, info)
 
 
